@@ -1,0 +1,61 @@
+"""What the HTTP API may ask of a running node: the seam between `api.py` and `node.py`.
+
+Reads go to the store (jobs, executions, history) or the files of an execution (logs,
+results); writes (submit, stop) go through the node's core loop and wait for its answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from meshnode.core.records import NodeInfo
+from meshnode.runtime.store import Store
+from meshnode.spec import Job
+
+__all__ = ["AgentInfo", "NodeService", "SubmitResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    job_id: str
+    evaluation_id: str
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AgentInfo:
+    version: str
+    started_at: float  # wall-clock seconds
+    api_address: str  # host:port the API listens on
+    data_dir: Path
+
+
+class NodeService(Protocol):
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def node_info(self) -> NodeInfo: ...
+
+    @property
+    def agent(self) -> AgentInfo: ...
+
+    async def submit(self, spec: Job) -> SubmitResult:
+        """Accept a validated spec; the job is persisted before this returns."""
+        ...
+
+    async def stop(self, job_id: str, reason: str) -> str:
+        """Stop a live job; raises `store.NotFoundError` for an unknown id. Returns a
+        message ("job j-… stopped", or that it had already ended)."""
+        ...
+
+    def execution_dir(self, execution_id: str) -> Path:
+        """The folder of an execution: `stdout`, `stderr`, `exitCode` and a folder per
+        ResultPath once it ends (the local publisher's results)."""
+        ...
+
+    def is_execution_live(self, execution_id: str) -> bool:
+        """Whether its logs may still grow (for `logs --follow`)."""
+        ...
