@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 from meshnode.core.records import NodeInfo
+from meshnode.core.resources import ResourceAmounts
 from meshnode.runtime.store import Store
 from meshnode.spec import Job
 
@@ -41,6 +42,10 @@ class NodeService(Protocol):
 
     @property
     def agent(self) -> AgentInfo: ...
+
+    def used_resources(self) -> ResourceAmounts:
+        """What running executions hold now (capacity minus this is what is free)."""
+        ...
 
     async def submit(self, spec: Job) -> SubmitResult:
         """Accept a validated spec; the job is persisted before this returns."""
