@@ -5,14 +5,17 @@ Rules of this module:
   context, created, used and dropped in one worker thread: the trio loop only waits, and the
   worker is always joined before `run()` returns or raises. At most `max_concurrent` runs
   execute at once (a `trio.CapacityLimiter`); the others wait for a slot, and the timeout
-  starts when the slot is taken.
-- Stopping a guest is `_GuestStop.request()`: set the run's flag, wake its host-side sleeps,
-  increment the engine's epoch. Every store's epoch deadline is always "the next epoch", and
-  its deadline callback decides: trap if the store's own flag is set, otherwise carry on to
-  the next epoch. So a stop reaches exactly one guest, within microseconds while it runs wasm
-  code, and while nobody asks for a stop nothing ticks: no ticker task, timer or thread.
-  (A periodic ticker with per-store deadlines in ticks cannot stop one guest early, e.g. on
-  cancellation, without stopping every guest of the engine, which is why it is not used.)
+  starts when the slot is taken. Compiling a module cannot be interrupted: a stop during a
+  compile (seconds for a 20 MB module, once: then it is cached) waits for it to end.
+- Stopping a guest is `_GuestStop.request()`: set the run's flag, increment the engine's
+  epoch, wake the run's host-side sleep. Every store's epoch deadline is always "the next
+  epoch", and its deadline callback decides: trap if the store's own flag is set, otherwise
+  carry on to the next epoch. So a stop reaches exactly one guest, within microseconds while
+  it runs wasm code, and while nobody asks for a stop nothing ticks: no ticker, no timer, no
+  thread. (A periodic ticker with per-store deadlines in ticks could not stop one guest
+  early, on cancellation, without stopping every guest of the engine.) With no background
+  task, `async with WasmEngine.open(...)` (what the node uses) and
+  `WasmEngine(...)` + `aclose()` are the same thing.
 - Timeouts and cancellation are trio cancel scopes: the run's own `move_on_after` for
   `Limits.timeout_s`, and whatever scope the caller cancels. Both reach the guest the same
   way: trio asks the waiting task to abort, the abort asks the guest to stop, and the task
@@ -20,13 +23,17 @@ Rules of this module:
   such hook; a watcher task in a nursery would, but would hand `trio.Cancelled` to the caller
   wrapped in an ExceptionGroup.
 - WASI sleeps block inside wasmtime, where epochs are not checked, so `poll_oneoff` calls
-  that only wait on clocks (`sleep`, `nanosleep`) are served here, on an event that a stop
-  wakes; every other `poll_oneoff` goes to wasmtime's own.
+  that only wait on clocks (relative, or absolute on the realtime or monotonic clock: C's
+  sleep and nanosleep, Rust's thread::sleep, CPython's time.sleep) are served here, on an
+  event that a stop wakes; the woken guest traps at its next call or loop. Every other
+  `poll_oneoff` goes to wasmtime's own, which a stop cannot cut short.
 - How a run ends: the guest returned (exit 0), called `proc_exit(n)` (exit n), trapped (no
   exit code; the error names the trap), was stopped (a timeout, or `trio.Cancelled` for the
-  caller). A failure while the guest's memory is within one page of `Limits.memory_bytes`
-  says that memory was the limit. Errors that prevent the run (no module, a module that does
-  not compile or link, no such entry point) raise `ExecutionError`; anything else is a bug.
+  caller). A failure while the guest's memory is near `Limits.memory_bytes` says that memory
+  was (within a page) or probably was (within an eighth) the limit: wasmtime does not say
+  when memory.grow failed for the limit. Errors that prevent the run (no module, a module
+  that does not compile or link, no such entry point) raise `ExecutionError`; anything else
+  is a bug.
 - The guest sees: argv = [the entry module's file name, *Parameters]; the task's env with
   the spec's EnvironmentVariables on top; each `Mount` preopened at its target (read-only
   ones with `fs_mutable=False`: wasmtime then refuses every write, create and delete below
@@ -35,9 +42,11 @@ Rules of this module:
   is made visible by hard-linking it (or, read-only across file systems, copying it) into a
   private folder under `cache_dir/file-mounts`, preopened at the target's parent folder.
   No network, no stdin. CPU and disk limits are not enforced by this engine.
-- Import modules are instantiated in order, in the same store, and linked under a module
-  name: the input source's Alias if it has one (Bacalhau's rule), otherwise the stem of the
-  module's file name ("lib" for lib.wasm). A later module can import an earlier one.
+- Modules: a folder holding one file stands for that file (IPFS wraps files so). Import
+  modules are instantiated in order, in the same store, and linked under a module name: the
+  input source's Alias if it has one (Bacalhau's rule), otherwise the stem of the module's
+  file name ("lib" for lib.wasm). A later module can import an earlier one. A module that
+  exports `_initialize` (a WASI reactor) has it called first.
 - Compiled modules are cached by the sha256 of the module file: in memory (the last
   `_MEMORY_CACHE_MODULES`) and on disk in `cache_dir/<wasmtime version, machine, engine
   config>/<sha256>.cwasm`, so an upgrade never loads an artifact built for another wasmtime
@@ -89,8 +98,8 @@ LOGGER: Final = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-WASI_MODULE: Final = "wasi_snapshot_preview1"
-OUTPUTS_TARGET: Final = "/outputs"
+_WASI_MODULE: Final = "wasi_snapshot_preview1"
+_OUTPUTS_TARGET: Final = "/outputs"
 _PAGE_BYTES: Final = 64 * 1024
 _MEMORY_CACHE_MODULES: Final = 32
 _DEFAULT_CACHE_LIMIT_BYTES: Final = 1024**3
@@ -278,7 +287,7 @@ class _LaunchPlan:
                 raise ExecutionError(
                     f"mount {mount.target}: {mount.host_path} does not exist on this node"
                 )
-        directories.append(_Preopen(request.outputs_dir, OUTPUTS_TARGET, read_only=False))
+        directories.append(_Preopen(request.outputs_dir, _OUTPUTS_TARGET, read_only=False))
         return cls(
             module_path=module_path,
             imports=tuple(imports),
@@ -635,7 +644,7 @@ class _GuestSession:
             )
             linker.allow_shadowing = True
             linker.define_func(
-                WASI_MODULE,
+                _WASI_MODULE,
                 "poll_oneoff",
                 # (subscriptions, events, subscription count, event count) -> errno
                 wasmtime.FuncType([wasmtime.ValType.i32()] * 4, [wasmtime.ValType.i32()]),
@@ -715,22 +724,34 @@ class _GuestSession:
     def _blame_memory_if_full(
         self, store: wasmtime.Store, instances: Sequence[wasmtime.Instance], end: _GuestEnd
     ) -> _GuestEnd:
-        """A failure with a memory within one page of the limit (the next `memory.grow`
-        fails) is most likely an allocation that failed: say so."""
+        """Say that memory was the limit when a failed guest's memory is near it. wasmtime
+        does not tell when `memory.grow` failed for the limit (it returns -1, and a C malloc
+        returns NULL), so this looks at how close the memory is: within a page, any growth
+        fails ("reached"); within an eighth of the limit, an allocation of that size did
+        ("probably reached": a C program that failed to malloc 1 MiB under an 8 MiB limit
+        ended with 7.1 MiB)."""
         limit = self._plan.memory_bytes
         if not limit:
             return end
-        sizes = [
-            export.data_len(store)
-            for instance in instances
-            for export in instance.exports(store).values()
-            if isinstance(export, wasmtime.Memory)
-        ]
-        if not sizes or max(sizes) + _PAGE_BYTES <= limit:
+        memory_bytes = max(
+            (
+                export.data_len(store)
+                for instance in instances
+                for export in instance.exports(store).values()
+                if isinstance(export, wasmtime.Memory)
+            ),
+            default=0,
+        )
+        headroom_bytes = limit - memory_bytes
+        if headroom_bytes < _PAGE_BYTES:
+            verdict = "memory limit reached"
+        elif headroom_bytes <= limit // 8:
+            verdict = "memory limit probably reached"
+        else:
             return end
         memory_note = (
-            f"memory limit reached: the module's memory is {max(sizes)} bytes "
-            f"of the {limit} allowed, and memory.grow fails beyond"
+            f"{verdict}: the module's memory is {memory_bytes} bytes of the {limit} allowed, "
+            "and memory.grow fails beyond"
         )
         return _GuestEnd(
             exit_code=end.exit_code,
@@ -755,7 +776,7 @@ class _GuestSession:
 
     @staticmethod
     def _wasi_function(linker: wasmtime.Linker, store: wasmtime.Store, name: str) -> wasmtime.Func:
-        function = linker.get(store, WASI_MODULE, name)
+        function = linker.get(store, _WASI_MODULE, name)
         assert isinstance(function, wasmtime.Func), function
         return function
 

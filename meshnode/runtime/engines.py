@@ -23,7 +23,7 @@ LOGGER = logging.getLogger("meshnode.engines")
 
 
 @asynccontextmanager
-async def open_engines(config: NodeConfig) -> AsyncIterator[dict[str, Engine]]:
+async def open_engines(config: NodeConfig, node_id: str) -> AsyncIterator[dict[str, Engine]]:
     from meshnode.engines.wasm import WasmEngine
 
     engines: dict[str, Engine] = {}
@@ -33,7 +33,7 @@ async def open_engines(config: NodeConfig) -> AsyncIterator[dict[str, Engine]]:
     ):
         engines["wasm"] = wasm
         if config.enable_docker:
-            docker = _docker_engine(config)
+            docker = _docker_engine(config, node_id)
             engines["docker"] = docker
             if await docker.is_available():
                 nursery.start_soon(_serve_proxy, docker)
@@ -43,7 +43,7 @@ async def open_engines(config: NodeConfig) -> AsyncIterator[dict[str, Engine]]:
             nursery.cancel_scope.cancel()
 
 
-def _docker_engine(config: NodeConfig) -> Engine:
+def _docker_engine(config: NodeConfig, node_id: str) -> Engine:
     import docker
 
     from meshnode.engines.docker import DockerEngine
@@ -54,7 +54,9 @@ def _docker_engine(config: NodeConfig) -> Engine:
             return docker.DockerClient(base_url=config.docker_host)
         return docker.from_env()
 
-    return DockerEngine(proxy=HttpFilterProxy(), client_factory=client)
+    # The node id labels its containers: after a crash it re-attaches to and cleans up only
+    # its own, even when several nodes share one Docker engine.
+    return DockerEngine(proxy=HttpFilterProxy(), client_factory=client, node_id=node_id)
 
 
 async def _serve_proxy(engine: Engine) -> None:

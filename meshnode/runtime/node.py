@@ -337,7 +337,7 @@ async def _serve(config: NodeConfig) -> None:
     store = Store(config.data_dir / "state.db")
     async with AsyncExitStack() as stack:
         stack.callback(store.close)
-        engines = await stack.enter_async_context(_open_engines(config))
+        engines = await stack.enter_async_context(_open_engines(config, identity.peer_id))
         info = await node_info_for(identity.peer_id, config, engines)
         node = Node(config, store=store, node_info=info, engines=engines, started_at=time.time())
         async with trio.open_nursery() as nursery:
@@ -357,10 +357,10 @@ async def _serve(config: NodeConfig) -> None:
                     break
 
 
-def _open_engines(config: NodeConfig):  # type: ignore[no-untyped-def]
-    from meshnode.runtime.engines import open_engines
+def _open_engines(config: NodeConfig, node_id: str):  # type: ignore[no-untyped-def]
+    from meshnode.runtime.engines import open_engines  # imports wasmtime: only when starting
 
-    return open_engines(config)
+    return open_engines(config, node_id)
 
 
 def run_node(config: NodeConfig) -> None:

@@ -294,7 +294,8 @@ async def test_timeout_kills_and_removes_the_container(task: Task) -> None:
     outcome, _, _ = await task.run(request)
     elapsed_s = trio.current_time() - started
     assert outcome == RunOutcome(exit_code=None, error="execution timed out after 1 s")
-    assert 1 <= elapsed_s < 2.5
+    # Killed long before the 30 s sleep ends (the bound is loose: CI machines are shared).
+    assert 1 <= elapsed_s < 10
     await wait_gone(task, request.execution_id)
 
 
@@ -318,7 +319,7 @@ async def test_cancellation_removes_the_container_promptly(task: Task) -> None:
         assert len(task.containers(request.execution_id)) == 1
         cancelled_at = trio.current_time()
         nursery.cancel_scope.cancel()
-    assert trio.current_time() - cancelled_at < 2
+    assert trio.current_time() - cancelled_at < 10
     assert ended_by == [trio.Cancelled]  # plain, not in an exception group
     await wait_gone(task, request.execution_id)
 

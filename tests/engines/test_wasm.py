@@ -344,10 +344,34 @@ async def test_a_trap_at_the_memory_limit_says_memory_was_the_limit(
 ) -> None:
     module = wasm("hog", modules.grow_memory_until_refused(then="trap"))
     outcome = await engine.run(task.request(module, limits=Limits(memory_bytes=2 * MIB)))
-    assert outcome.exit_code is None
-    assert outcome.error.startswith("memory limit reached: the module's memory is 2097152 bytes")
-    assert outcome.error.endswith("; the module trapped (unreachable): wasm trap: "
-                                  "wasm `unreachable` instruction executed")  # fmt: skip
+    assert outcome == RunOutcome(
+        exit_code=None,
+        error=f"memory limit reached: the module's memory is {2 * MIB} bytes of the {2 * MIB} "
+        "allowed, and memory.grow fails beyond; "
+        "the module trapped (unreachable): wasm trap: wasm `unreachable` instruction executed",
+    )
+
+
+async def test_a_big_allocation_refused_near_the_limit_probably_hit_the_limit(
+    engine: WasmEngine, task: Task, wasm: Callable[[str, str], Path]
+) -> None:
+    """As a C program's malloc of 1 MiB failing under 8 MiB: memory stops 15 pages short."""
+    module = wasm("hog", modules.grow_memory_until_refused(then="exit", pages_per_grow=16))
+    outcome = await engine.run(task.request(module, limits=Limits(memory_bytes=8 * MIB)))
+    assert task.read_stdout() == "113\n"
+    assert outcome == RunOutcome(
+        exit_code=3,
+        error=f"memory limit probably reached: the module's memory is {113 * PAGE_BYTES} bytes "
+        f"of the {8 * MIB} allowed, and memory.grow fails beyond",
+    )
+
+
+async def test_a_failure_far_from_the_memory_limit_does_not_blame_memory(
+    engine: WasmEngine, task: Task, wasm: Callable[[str, str], Path]
+) -> None:
+    module = wasm("exit", modules.exit_code(42))
+    outcome = await engine.run(task.request(module, limits=Limits(memory_bytes=8 * MIB)))
+    assert outcome == RunOutcome(exit_code=42)
 
 
 async def test_a_module_that_needs_more_memory_than_allowed_to_start(

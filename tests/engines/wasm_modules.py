@@ -386,17 +386,18 @@ def poll_stdout_writable(*, events_at: int = 576) -> str:
     )
 
 
-def grow_memory_until_refused(*, then: Literal["exit", "trap"]) -> str:
-    """Grows memory one page at a time until memory.grow returns -1, prints the number of
-    pages it got, then calls proc_exit(3) (`then="exit"`, as a C program whose malloc
-    returned NULL) or traps (`then="trap"`, as an abort)."""
+def grow_memory_until_refused(*, then: Literal["exit", "trap"], pages_per_grow: int = 1) -> str:
+    """Grows memory `pages_per_grow` pages at a time until memory.grow returns -1, prints the
+    number of pages it got, then calls proc_exit(3) (`then="exit"`, as a C program whose
+    malloc returned NULL) or traps (`then="trap"`, as an abort)."""
     ending = "(call $proc_exit (i32.const 3))" if then == "exit" else "(unreachable)"
     return _module(
         f"""
   (func (export "_start")
     (block $refused
       (loop $grow
-        (br_if $refused (i32.eq (memory.grow (i32.const 1)) (i32.const -1)))
+        (br_if $refused
+          (i32.eq (memory.grow (i32.const {pages_per_grow})) (i32.const -1)))
         (br $grow)))
     (call $print_u32 (memory.size))
     (call $newline)

@@ -188,3 +188,33 @@ def test_a_node_without_docker_rejects_docker_jobs_saying_why(tmp_path: Path) ->
         assert alive == {"Status": "OK"}
     finally:
         node.stop()
+
+
+def test_a_restarting_node_leaves_other_nodes_containers_alone(
+    tmp_path: Path,
+    busybox_image: str,  # noqa: F811
+) -> None:
+    from meshnode.engines.docker import EXECUTION_ID_LABEL, JOB_ID_LABEL, NODE_ID_LABEL
+
+    client = docker.from_env()
+    other = client.containers.run(
+        busybox_image,
+        ["sleep", "60"],
+        detach=True,
+        network_mode="none",
+        labels={
+            EXECUTION_ID_LABEL: "e-of-another-node",
+            JOB_ID_LABEL: "j-of-another-node",
+            NODE_ID_LABEL: "12D3KooWanotherNode",
+        },
+    )
+    try:
+        data_dir = tmp_path / "node"
+        data_dir.mkdir()
+        node = NodeProcess(data_dir).start()  # recovery removes only its own orphans
+        node.stop()
+        other.reload()
+        assert other.status == "running"
+    finally:
+        other.remove(force=True)
+        client.close()
