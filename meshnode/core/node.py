@@ -420,6 +420,8 @@ class NodeCore:
         **changes: object,
     ) -> ExecutionRecord:
         new_state = next_execution_state(execution.state, event)
+        if new_state.terminal:
+            changes.setdefault("desired", DesiredState.STOPPED)  # nothing more is wanted of it
         updated = self._put_execution(
             replace(execution, state=new_state, message=message, **changes), now
         )

@@ -24,7 +24,7 @@ from meshnode.core.node import (
 )
 from meshnode.core.records import JobRecord, NodeInfo
 from meshnode.core.resources import ResourceAmounts
-from meshnode.core.states import ExecutionState, JobState
+from meshnode.core.states import DesiredState, ExecutionState, JobState
 from meshnode.spec import job_from_document
 
 GiB = 1024**3
@@ -120,6 +120,19 @@ def test_a_batch_job_runs_completes_and_records_every_transition() -> None:
         ("job", "Running", "Completed"),
     ]
     assert driver.core.live_job_ids == []  # finished jobs leave the core's memory
+
+
+def test_an_ended_execution_is_no_longer_wanted_running() -> None:
+    driver = Driver()
+    _, commands = driver.submit(spec())
+    (start,) = starts(commands)
+    assert start.execution.desired is DesiredState.RUNNING
+    commands = driver.step(ExecutionEnded(start.execution.id, 0), at=1.0)
+    persist = commands[0]
+    assert isinstance(persist, Persist)
+    (ended,) = persist.executions
+    assert ended.state is ExecutionState.COMPLETED
+    assert ended.desired is DesiredState.STOPPED
 
 
 def test_a_failed_batch_execution_is_retried_with_doubling_backoff_then_the_job_fails() -> None:

@@ -57,7 +57,10 @@ def docker_cat(target: str, source: dict[str, Any], read: str = "") -> dict[str,
             {
                 "Engine": {
                     "Type": "docker",
-                    "Params": {"Image": "meshnode-busybox:latest", "Entrypoint": ["cat", read or target]},
+                    "Params": {
+                        "Image": "meshnode-busybox:latest",
+                        "Entrypoint": ["cat", read or target],
+                    },
                 },
                 "InputSources": [{"Target": target, "Source": source}],
                 "Resources": {"CPU": "100m", "Memory": "32Mb"},
