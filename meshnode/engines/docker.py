@@ -62,6 +62,7 @@ from meshnode.engines.base import (
     RunOutcome,
     RunRequest,
 )
+from meshnode.engines.host_firewall import bridge_interface, only_proxy_reachable
 from meshnode.engines.http_proxy import HttpFilterProxy
 from meshnode.spec import DockerParams
 
@@ -238,8 +239,14 @@ class DockerEngine:
                             wanted_port,
                             error,
                         )
-                self._proxy_url = f"http://{gateway}:{port}"
-                task_status.started(self._proxy_url)
+                client = await self._docker()
+                info = await self._call(
+                    "inspect the HTTP network", client.api.inspect_network, network.name
+                )
+                async with only_proxy_reachable(bridge_interface(info), gateway, port):
+                    self._proxy_url = f"http://{gateway}:{port}"
+                    task_status.started(self._proxy_url)
+                    await trio.sleep_forever()
         finally:
             self._proxy_url = None
 

@@ -579,12 +579,18 @@ async def test_network_http_reaches_only_allowed_domains_through_the_proxy(
     assert network.attrs["Options"]["com.docker.network.bridge.enable_icc"] == "false"
     gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
     assert proxy_url.startswith(f"http://{gateway}:")
+    # A service of the host itself, on the address the containers see as their gateway.
+    host_listeners = await nursery.start(
+        partial(trio.serve_tcp, partial(origin_server, "host"), 0, host=gateway)
+    )
+    host_port = host_listeners[0].socket.getsockname()[1]
 
     script = f"""
         echo "proxy=$http_proxy $HTTPS_PROXY"
         wget -q -O- http://allowed.test:{ports["allowed"]}/; echo "allowed: $?"
         wget -q -O- http://denied.test:{ports["denied"]}/; echo "denied: $?"
         timeout 1 wget -q -O- -Y off http://{bridge_web_server}:8000/hostname; echo "direct: $?"
+        timeout 1 wget -q -O- -Y off http://{gateway}:{host_port}/; echo "host: $?"
     """
     request = task.request(script, network=NetworkSpec(type="HTTP", domains=("allowed.test",)))
     outcome = await engine.run(request)
@@ -596,6 +602,7 @@ async def test_network_http_reaches_only_allowed_domains_through_the_proxy(
         "allowed: 0",
         "denied: 1",
         "direct: 143",  # killed by timeout: the packets to the other network are dropped
+        "host: 143",  # the host's own services are closed to the job (host_firewall.py)
     ]
     assert "403 Forbidden" in stderr
     assert proxy.registered_clients() == {}  # the address was released with the container
