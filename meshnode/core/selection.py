@@ -28,7 +28,12 @@ from meshnode.spec import (
     WasmParams,
 )
 
-__all__ = ["SOFT_CONSTRAINT_PREFIX", "constraint_matches", "unsuitability"]
+__all__ = [
+    "SOFT_CONSTRAINT_PREFIX",
+    "constraint_matches",
+    "local_path_refusal",
+    "unsuitability",
+]
 
 SOFT_CONSTRAINT_PREFIX: Final = "favour_"
 _INTEGER: Final = re.compile(r"[+-]?[0-9]{1,25}")
@@ -105,13 +110,9 @@ def _features(job: Job) -> list[tuple[str, str]]:
 def _path_problems(job: Job, allowed: tuple[tuple[str, bool], ...]) -> list[str]:
     problems = []
     for path, read_write, what in _local_paths(job):
-        if not _allowed(path, read_write, allowed):
-            listed = ", ".join(f"{p} ({'rw' if rw else 'ro'})" for p, rw in allowed) or "none"
-            access = "read-write" if read_write else "read-only"
-            problems.append(
-                f"{what}: local path {path} ({access}) is not allow-listed on this node "
-                f"(--allow-listed-local-paths: {listed})"
-            )
+        refusal = local_path_refusal(path, read_write, allowed)
+        if refusal:
+            problems.append(f"{what}: {refusal}")
     return problems
 
 
@@ -137,11 +138,21 @@ def _local_paths(job: Job) -> list[tuple[str, bool, str]]:
     return found
 
 
-def _allowed(path: str, read_write: bool, allowed: tuple[tuple[str, bool], ...]) -> bool:
-    path = posixpath.normpath(path)
-    for listed, prefix_rw in allowed:
+def local_path_refusal(
+    path: str, read_write: bool, allowed: tuple[tuple[str, bool], ...]
+) -> str | None:
+    """Why `path` may not be used with this access (None when an allow-listed entry covers
+    it). The one place this rule lives: the core checks it when placing a job, the node that
+    mounts the path checks it again."""
+    normalized = posixpath.normpath(path)
+    for listed, listed_rw in allowed:
         prefix = posixpath.normpath(listed)
-        inside = path == prefix or path.startswith(prefix.rstrip("/") + "/")
-        if inside and (prefix_rw or not read_write):
-            return True
-    return False
+        inside = normalized == prefix or normalized.startswith(prefix.rstrip("/") + "/")
+        if inside and (listed_rw or not read_write):
+            return None
+    shown = ", ".join(f"{p} ({'rw' if rw else 'ro'})" for p, rw in allowed) or "none"
+    access = "read-write" if read_write else "read-only"
+    return (
+        f"local path {path} ({access}) is not allow-listed on this node "
+        f"(--allow-listed-local-paths: {shown})"
+    )

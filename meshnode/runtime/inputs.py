@@ -21,6 +21,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 
 import trio
 
+from meshnode.core.selection import local_path_refusal
 from meshnode.engines.base import ExecutionError, Mount
 from meshnode.spec import (
     HttpSourceParams,
@@ -100,18 +101,9 @@ class InputPreparer:
         return Path(module)
 
     def check_local_path(self, path: str, *, read_write: bool) -> None:
-        normalized = posixpath.normpath(path)
-        for listed, listed_rw in self._allowed:
-            prefix = posixpath.normpath(listed)
-            inside = normalized == prefix or normalized.startswith(prefix.rstrip("/") + "/")
-            if inside and (listed_rw or not read_write):
-                return
-        shown = ", ".join(f"{p} ({'rw' if rw else 'ro'})" for p, rw in self._allowed) or "none"
-        access = "read-write" if read_write else "read-only"
-        raise ExecutionError(
-            f"local path {path} ({access}) is not allow-listed on this node "
-            f"(--allow-listed-local-paths: {shown})"
-        )
+        refusal = local_path_refusal(path, read_write, self._allowed)
+        if refusal:
+            raise ExecutionError(refusal)
 
     async def download(self, url: str, destination: Path) -> None:
         import httpx  # only nodes that download pay for importing it

@@ -58,7 +58,13 @@ from meshnode.runtime.identity import load_or_create_identity
 from meshnode.runtime.inputs import NOT_YET, InputPreparer
 from meshnode.runtime.service import AgentInfo, SubmitResult
 from meshnode.runtime.store import NotFoundError, Store
-from meshnode.runtime.sysinfo import automatic_labels, detect_capacity, detect_gpus
+from meshnode.runtime.sysinfo import (
+    ENGINE_LABEL_PREFIX,
+    automatic_labels,
+    detect_capacity,
+    detect_gpus,
+    engine_labels,
+)
 from meshnode.spec import Job
 
 __all__ = ["Node", "run_node"]
@@ -228,16 +234,18 @@ class Node:
         """Docker may start or stop while the node runs: advertise what works now."""
         while True:
             await trio.sleep(ENGINE_RECHECK_S)
-            # Only the engines change at run time (free disk drifts; it must not churn).
-            fresh = await node_info_for(self._core.node.id, self._config, self._engines)
+            # Only the engines change at run time: labels and capacity stay as detected.
+            available, unavailable = await usable_engines(self._engines)
             current = self._core.node
-            if fresh.engines != current.engines:
-                LOGGER.info("engines now: %s", ", ".join(fresh.engines) or "none")
+            if tuple(available) != current.engines:
+                LOGGER.info("engines now: %s", ", ".join(available) or "none")
+                labels = {
+                    k: v for k, v in current.labels.items() if not k.startswith(ENGINE_LABEL_PREFIX)
+                }
+                labels.update(engine_labels(available))
+                labels.update(self._config.labels)
                 changed = replace(
-                    current,
-                    engines=fresh.engines,
-                    labels=fresh.labels,
-                    unavailable=fresh.unavailable,
+                    current, engines=tuple(available), labels=labels, unavailable=unavailable
                 )
                 self._step(NodeChanged(changed))
 
@@ -293,9 +301,8 @@ class Node:
         self._stopping = True
 
 
-async def node_info_for(
-    node_id: str, config: NodeConfig, engines: Mapping[str, Engine]
-) -> NodeInfo:
+async def usable_engines(engines: Mapping[str, Engine]) -> tuple[list[str], dict[str, str]]:
+    """Engines that can run tasks now, and why each other feature is unavailable."""
     available = []
     unavailable = dict(NOT_YET_FEATURES)
     for name, engine in sorted(engines.items()):
@@ -305,6 +312,13 @@ async def node_info_for(
             unavailable[f"engine {name}"] = f"{name} is not running on this node"
     if "docker" not in engines:
         unavailable["engine docker"] = "Docker is turned off on this node (--no-docker)"
+    return available, unavailable
+
+
+async def node_info_for(
+    node_id: str, config: NodeConfig, engines: Mapping[str, Engine]
+) -> NodeInfo:
+    available, unavailable = await usable_engines(engines)
     gpus = detect_gpus()
     labels = automatic_labels(available, gpus)
     labels.update(config.labels)

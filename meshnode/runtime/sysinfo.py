@@ -18,7 +18,14 @@ from typing import Final
 
 from meshnode.core.resources import ResourceAmounts
 
-__all__ = ["GpuInfo", "automatic_labels", "detect_capacity", "detect_gpus"]
+__all__ = [
+    "ENGINE_LABEL_PREFIX",
+    "GpuInfo",
+    "automatic_labels",
+    "detect_capacity",
+    "detect_gpus",
+    "engine_labels",
+]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -63,6 +70,14 @@ def detect_gpus() -> list[GpuInfo]:
     return gpus
 
 
+ENGINE_LABEL_PREFIX: Final = "engine-"
+
+
+def engine_labels(engines: list[str]) -> dict[str, str]:
+    """`engine-docker: "true"` for each usable engine (constraint: `engine-docker exists`)."""
+    return {f"{ENGINE_LABEL_PREFIX}{engine}": "true" for engine in engines}
+
+
 def automatic_labels(engines: list[str], gpus: list[GpuInfo]) -> dict[str, str]:
     machine = platform.machine().lower()
     labels = {
@@ -70,7 +85,7 @@ def automatic_labels(engines: list[str], gpus: list[GpuInfo]) -> dict[str, str]:
         "Architecture": _GO_ARCH.get(machine, machine),
         "hostname": socket.gethostname(),
     }
-    labels.update({f"engine-{engine}": "true" for engine in engines})
+    labels.update(engine_labels(engines))
     if gpus:
         labels["GPU-count"] = str(len(gpus))
         for gpu in gpus:

@@ -17,6 +17,8 @@ import re
 from decimal import ROUND_CEILING, Context, Decimal, InvalidOperation
 from typing import Final
 
+from meshnode.spec.problems import show
+
 __all__ = ["QuantityError", "parse_cpu_millicores", "parse_gpu_count", "parse_size_bytes"]
 
 # Upper bounds keep values in a range every consumer (Docker, cgroups, SQLite) can store.
@@ -43,10 +45,6 @@ class QuantityError(ValueError):
     """A quantity could not be parsed; the message says why, without the field path."""
 
 
-def _show(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def parse_size_bytes(text: str) -> int:
     """`"512Mi"` → 536870912. Raises `QuantityError` naming the bad text."""
     stripped = text.strip()
@@ -54,11 +52,11 @@ def parse_size_bytes(text: str) -> int:
         return 0
     match = _SIZE_RE.fullmatch(stripped)
     if match is None or match["unit"].lower() not in _SIZE_UNITS:
-        raise QuantityError(f"{_show(text)} is not a size ({SIZE_EXAMPLES})")
+        raise QuantityError(f"{show(text)} is not a size ({SIZE_EXAMPLES})")
     value = _EXACT.multiply(_decimal(match["number"], text), _SIZE_UNITS[match["unit"].lower()])
     size = int(value.to_integral_value(rounding=ROUND_CEILING))
     if size > _MAX_SIZE_BYTES:
-        raise QuantityError(f"{_show(text)} is larger than the largest size meshnode accepts")
+        raise QuantityError(f"{show(text)} is larger than the largest size meshnode accepts")
     return size
 
 
@@ -69,13 +67,13 @@ def parse_cpu_millicores(text: str) -> int:
         return 0
     match = _CPU_RE.fullmatch(stripped)
     if match is None:
-        raise QuantityError(f"{_show(text)} is not a CPU quantity ({CPU_EXAMPLES})")
+        raise QuantityError(f"{show(text)} is not a CPU quantity ({CPU_EXAMPLES})")
     value = _decimal(match["number"], text)
     millicores = value if match["milli"] else _EXACT.multiply(value, 1000)
     if millicores != millicores.to_integral_value():
-        raise QuantityError(f"{_show(text)} is finer than one millicore (1m = 0.001 cores)")
+        raise QuantityError(f"{show(text)} is finer than one millicore (1m = 0.001 cores)")
     if millicores > _MAX_CPU_MILLICORES:
-        raise QuantityError(f"{_show(text)} is more CPU than meshnode accepts")
+        raise QuantityError(f"{show(text)} is more CPU than meshnode accepts")
     return int(millicores)
 
 
@@ -85,10 +83,10 @@ def parse_gpu_count(text: str) -> int:
     if not stripped:
         return 0
     if not stripped.isascii() or not stripped.isdigit():
-        raise QuantityError(f"{_show(text)} is not a whole number of GPUs (examples: 0, 1, 2)")
+        raise QuantityError(f"{show(text)} is not a whole number of GPUs (examples: 0, 1, 2)")
     count = int(stripped)
     if count > _MAX_GPUS:
-        raise QuantityError(f"{_show(text)} is more GPUs than meshnode accepts")
+        raise QuantityError(f"{show(text)} is more GPUs than meshnode accepts")
     return count
 
 
@@ -96,4 +94,4 @@ def _decimal(number: str, text: str) -> Decimal:
     try:
         return Decimal(number)
     except InvalidOperation:  # pragma: no cover - the regular expressions admit only digits
-        raise QuantityError(f"{_show(text)} is not a number") from None
+        raise QuantityError(f"{show(text)} is not a number") from None

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from tests.engines.docker_images import busybox_image, docker_client  # noqa: F401 (fixtures)
 from tests.integration.nodeproc import NodeProcess
@@ -120,16 +121,13 @@ def test_url_download_that_fails_says_why(node: NodeProcess, web_root: tuple[Pat
 
 
 def test_url_download_over_the_size_limit(tmp_path: Path, web_root: tuple[Path, str]) -> None:
-    from meshnode.runtime.config import NodeConfig
-
-    root, base = web_root
-    (root / "big.bin").write_bytes(b"x" * (NodeConfig().max_download_bytes // 1024 + 1))
-    # The limit is a node setting; the test drives the same code with a small one.
-    import trio
-
+    # The limit is a node setting (NodeConfig.max_download_bytes); the same code with a small
+    # limit shows the refusal without a gigabyte of test data.
     from meshnode.engines.base import ExecutionError
     from meshnode.runtime.inputs import InputPreparer
 
+    root, base = web_root
+    (root / "big.bin").write_bytes(b"x" * 2048)
     preparer = InputPreparer(allowed_local_paths=(), max_download_bytes=1024, download_timeout_s=10)
 
     async def download() -> None:
