@@ -151,7 +151,10 @@ def main() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as data_dir:
-        command = [meshnode, "start", "--api-port", str(port), "--data-dir", data_dir]
+        command = [
+            meshnode, "start", "--api-port", str(port), "--data-dir", data_dir,
+            "--swarm-host", "127.0.0.1", "--swarm-port", "0", "--no-mdns",  # loopback only
+        ]  # fmt: skip
         if not args.docker:
             command.append("--no-docker")
         started = time.perf_counter()

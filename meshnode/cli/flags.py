@@ -3,7 +3,8 @@
 
 Rules of this module:
 - Pure functions of their arguments (the working directory and home folder are arguments
-  too), so every syntax is unit-tested without a process.
+  too), so every syntax is unit-tested without a process. One exception: `read_swarm_key`
+  reads the file it is given (a flag that names a secret file is checked before starting).
 - A malformed value raises `FlagError` naming the flag and the value; the CLI turns it into
   a usage error (exit code 2). Nothing here imports click.
 - Syntax of `-i/--input` (the one documented in `--help`):
@@ -11,12 +12,17 @@ Rules of this module:
     URL:TARGET            an http(s) URL → urlDownload
   TARGET is the absolute path inside the task. The last `:/` separates it, so a URL may have
   a port (`http://host:8080/a.csv:/inputs/a.csv`).
+- Syntax of `--peers`: multiaddrs of other nodes, comma-separated and repeatable, each
+  `/ip4/ADDR/tcp/PORT/p2p/PEER-ID` (or /ip6, /dns, /dns4, /dns6), as `meshnode agent node`
+  prints them. Only TCP: it is the one transport meshnode's libp2p host listens on.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import posixpath
 import re
+import shlex
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -35,14 +41,23 @@ __all__ = [
     "parse_env",
     "parse_input",
     "parse_key_values",
+    "parse_peers",
     "parse_quantity",
     "parse_result_path",
+    "read_swarm_key",
 ]
 
 _NAME_RE: Final = re.compile(r"[^=\s,]+")
 _ENV_NAME_RE: Final = re.compile(r"[^=\s]+")
 _URL_SCHEMES: Final = ("http://", "https://")
 _MODES: Final = {"rw": True, "ro": False}
+_HOST_PROTOCOLS: Final = ("ip4", "ip6", "dns", "dns4", "dns6")
+_DNS_NAME_RE: Final = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+_BASE58_RE: Final = re.compile(r"[1-9A-HJ-NP-Za-km-z]{32,128}")
+_PEERS_EXAMPLE: Final = "/ip4/192.168.1.10/tcp/1235/p2p/12D3KooW…"
+MIN_REPLICAS: Final = 1
+MAX_REPLICAS: Final = 7
+MAX_SWARM_KEY_BYTES: Final = 4096  # a swarm.key is ~100 bytes
 
 
 class FlagError(MeshnodeError):
@@ -163,6 +178,79 @@ def parse_quantity(text: str | None, parse: Callable[[str], int], flag: str) -> 
         raise FlagError(flag, str(error)) from None
 
 
+def parse_peers(values: Iterable[str], flag: str = "--peers") -> tuple[str, ...]:
+    """Bootstrap multiaddrs, comma-separated and repeatable; duplicates dropped, order kept."""
+    peers: list[str] = []
+    for value in values:
+        for piece in value.split(","):
+            text = piece.strip()
+            if text:
+                _check_peer_multiaddr(text, flag)
+                if text not in peers:
+                    peers.append(text)
+    return tuple(peers)
+
+
+def _check_peer_multiaddr(text: str, flag: str) -> None:
+    """`/ip4|ip6|dns|dns4|dns6/HOST/tcp/PORT/p2p/PEER-ID`, exactly."""
+    usage = f"{text!r} is not a peer's multiaddr (expected e.g. {_PEERS_EXAMPLE}; "
+    usage += "`meshnode agent node` on that node prints its own)"
+    parts = text.split("/")
+    if parts[0] != "" or len(parts) % 2 == 0 or "" in parts[1:]:
+        raise FlagError(flag, usage)
+    pairs = list(zip(parts[1::2], parts[2::2], strict=True))
+    if pairs[-1][0] != "p2p":
+        raise FlagError(flag, f"{text!r} must end in /p2p/<peer id> (e.g. {_PEERS_EXAMPLE})")
+    if [name for name, _ in pairs[:-1]][1:] != ["tcp"] or pairs[0][0] not in _HOST_PROTOCOLS:
+        raise FlagError(flag, usage)
+    (family, host), (_, port), (_, peer_id) = pairs
+    try:
+        if family == "ip4":
+            ipaddress.IPv4Address(host)
+        elif family == "ip6":
+            ipaddress.IPv6Address(host)
+        elif not _DNS_NAME_RE.fullmatch(host):
+            raise ValueError(host)
+    except ValueError:
+        raise FlagError(flag, f"{text!r}: {host!r} is not an {family} address") from None
+    if not port.isdigit() or not 0 < int(port) <= 65535:
+        raise FlagError(flag, f"{text!r}: {port!r} is not a TCP port (1-65535)")
+    if not _is_peer_id(peer_id):
+        raise FlagError(flag, f"{text!r}: {peer_id!r} is not a libp2p peer id (12D3KooW…)")
+
+
+def _is_peer_id(text: str) -> bool:
+    """base58btc of a multihash: identity (0x00, ed25519 keys: 12D3KooW…) or sha2-256 (Qm…)."""
+    if not _BASE58_RE.fullmatch(text):
+        return False
+    import base58  # small and pure; only `start` and `devstack` check peer ids
+
+    raw = base58.b58decode(text)
+    return len(raw) >= 2 and raw[0] in (0x00, 0x12) and raw[1] == len(raw) - 2
+
+
+def read_swarm_key(path: str, *, cwd: PurePath, flag: str = "--swarm-key") -> bytes:
+    """The 32-byte key of a `swarm.key` file (IPFS's format), read and checked now, so a
+    wrong file is a usage error rather than a node that starts and never finds its mesh."""
+    # The parser lives with the transport, which imports libp2p: only `start` pays for it.
+    from meshnode.runtime.transport import parse_swarm_key
+
+    file = Path(cwd, Path(path).expanduser())
+    try:
+        with file.open("rb") as handle:
+            data = handle.read(MAX_SWARM_KEY_BYTES + 1)
+    except OSError as error:
+        raise FlagError(flag, f"cannot read {str(file)!r}: {error.strerror or error}") from None
+    hint = "make one with: meshnode swarm-key generate > swarm.key"
+    if len(data) > MAX_SWARM_KEY_BYTES:
+        raise FlagError(flag, f"{str(file)!r} is too large for a swarm key ({hint})")
+    try:
+        return parse_swarm_key(data.decode("utf-8"))
+    except (UnicodeDecodeError, MeshnodeError) as error:
+        reason = "it is not text" if isinstance(error, UnicodeDecodeError) else str(error)
+        raise FlagError(flag, f"{str(file)!r} is not a swarm key: {reason} ({hint})") from None
+
+
 def node_config_from_flags(
     *,
     data_dir: str | None,
@@ -177,8 +265,18 @@ def node_config_from_flags(
     default_queue_timeout_s: float | None,
     no_docker: bool,
     cwd: PurePath,
+    swarm_host: str | None = None,
+    swarm_port: int | None = None,
+    peers: Sequence[str] = (),
+    swarm_key_file: str | None = None,
+    no_mdns: bool = False,
+    require_approval: bool = False,
+    bid_probe_exec: str | None = None,
+    deny_networked_jobs: bool = False,
+    replicas: int | None = None,
 ) -> NodeConfig:
-    """`meshnode start`'s flags → `NodeConfig`; unset flags keep NodeConfig's defaults."""
+    """`meshnode start`'s flags → `NodeConfig`; unset flags (None) keep NodeConfig's
+    defaults."""
     from meshnode.core.policy import Policy  # only `start` needs these
     from meshnode.runtime.config import NodeConfig
     from meshnode.spec import (
@@ -200,12 +298,41 @@ def node_config_from_flags(
         extra["data_dir"] = Path(cwd, Path(data_dir).expanduser())
     if default_queue_timeout_s is not None:
         extra["policy"] = Policy(default_queue_timeout_s=float(default_queue_timeout_s))
+    if swarm_host is not None:
+        if not swarm_host.strip():
+            raise FlagError("--swarm-host", "an address is required, e.g. 0.0.0.0 or 127.0.0.1")
+        extra["swarm_host"] = swarm_host.strip()
+    if swarm_port is not None:
+        if not 0 <= swarm_port <= 65535:
+            raise FlagError("--swarm-port", f"{swarm_port} is not a port (0-65535; 0: any free)")
+        extra["swarm_port"] = swarm_port
+    if replicas is not None:
+        if not MIN_REPLICAS <= replicas <= MAX_REPLICAS:
+            raise FlagError(
+                "--replicas", f"{replicas} is not between {MIN_REPLICAS} and {MAX_REPLICAS}"
+            )
+        extra["replicas"] = replicas
+    if bid_probe_exec is not None:
+        try:
+            words = shlex.split(bid_probe_exec)
+        except ValueError as error:
+            raise FlagError("--bid-probe-exec", f"{bid_probe_exec!r}: {error}") from None
+        if not words:
+            raise FlagError("--bid-probe-exec", "a command is required, e.g. ./may-bid.sh")
+        extra["bid_probe_exec"] = bid_probe_exec
+    peer_addrs = parse_peers(peers)
+    if swarm_key_file is not None:
+        extra["swarm_key"] = read_swarm_key(swarm_key_file, cwd=cwd)
     return NodeConfig(
         api_host=api_host,
         api_port=api_port,
         labels=parse_key_values(labels, "--labels"),
         allowed_local_paths=parse_allowed_paths(allow_listed_local_paths, cwd=cwd),
         enable_docker=not no_docker,
+        peers=peer_addrs,
+        enable_mdns=not no_mdns,
+        require_approval=require_approval,
+        accept_networked_jobs=not deny_networked_jobs,
         **limits,  # type: ignore[arg-type]
         **extra,  # type: ignore[arg-type]
     )

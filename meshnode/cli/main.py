@@ -293,6 +293,58 @@ def version() -> None:
     help="How long a job may wait for capacity when its spec sets no QueueTimeout.",
 )
 @click.option("--no-docker", is_flag=True, help="Run without the Docker engine (wasm only).")
+@click.option(
+    "--swarm-host",
+    default=None,
+    metavar="ADDRESS",
+    help="Address the mesh (libp2p) listens on [default: 0.0.0.0].",
+)
+@click.option(
+    "--swarm-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    metavar="PORT",
+    help="TCP port of the mesh [default: 1235, Bacalhau's; 0: any free port].",
+)
+@click.option(
+    "--peers",
+    multiple=True,
+    metavar="MULTIADDR[,MULTIADDR]",
+    help="Nodes to join the mesh through (repeatable, comma-separated), e.g. "
+    "/ip4/192.168.1.10/tcp/1235/p2p/12D3KooW… as `meshnode agent node` prints it.",
+)
+@click.option(
+    "--swarm-key",
+    "swarm_key_file",
+    metavar="FILE",
+    default=None,
+    help="A private mesh: only nodes with the same key (IPFS's swarm.key format) connect. "
+    "Make one with: meshnode swarm-key generate > swarm.key",
+)
+@click.option("--no-mdns", is_flag=True, help="Do not look for nodes on the local network (mDNS).")
+@click.option(
+    "--require-approval",
+    is_flag=True,
+    help="Give work only to nodes an operator approved (meshnode node approve ID).",
+)
+@click.option(
+    "--bid-probe-exec",
+    metavar="CMD",
+    default=None,
+    help="Run CMD with a job as JSON on stdin before taking it; exit code 0 means bid.",
+)
+@click.option(
+    "--deny-networked-jobs",
+    is_flag=True,
+    help="Refuse jobs that ask for network access (http or full).",
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(1, 7),
+    default=None,
+    metavar="N",
+    help="How many nodes hold each job this node schedules (1-7) [default: 3].",
+)
 def start(
     data_dir: str | None,
     api_host: str,
@@ -305,8 +357,20 @@ def start(
     allow_listed_local_paths: tuple[str, ...],
     default_queue_timeout_s: float | None,
     no_docker: bool,
+    swarm_host: str | None,
+    swarm_port: int | None,
+    peers: tuple[str, ...],
+    swarm_key_file: str | None,
+    no_mdns: bool,
+    require_approval: bool,
+    bid_probe_exec: str | None,
+    deny_networked_jobs: bool,
+    replicas: int | None,
 ) -> None:
-    """Start a node in this process; it runs until Ctrl-C (SIGINT) or SIGTERM."""
+    """Start a node in this process; it runs until Ctrl-C (SIGINT) or SIGTERM.
+
+    It joins the nodes it finds on the local network (mDNS) and those --peers names; the
+    first lines it prints are where its API listens and its mesh addresses."""
     with _usage_errors():
         config = node_config_from_flags(
             data_dir=data_dir,
@@ -321,11 +385,122 @@ def start(
             default_queue_timeout_s=default_queue_timeout_s,
             no_docker=no_docker,
             cwd=Path.cwd(),
+            swarm_host=swarm_host,
+            swarm_port=swarm_port,
+            peers=peers,
+            swarm_key_file=swarm_key_file,
+            no_mdns=no_mdns,
+            require_approval=require_approval,
+            bid_probe_exec=bid_probe_exec,
+            deny_networked_jobs=deny_networked_jobs,
+            replicas=replicas,
         )
     # Imported here: the runtime loads trio, wasmtime and docker, which no other command needs.
     from meshnode.runtime.node import run_node
 
     run_node(config)
+
+
+@cli.group(name="swarm-key", cls=_Group)
+def swarm_key() -> None:
+    """Keys of private meshes."""
+
+
+@swarm_key.command(name="generate")
+def swarm_key_generate() -> None:
+    """Print a new swarm key, for a private mesh that only nodes with the key can join.
+
+    It is IPFS's swarm.key format. Keep it secret, and give it to every node:
+
+    \b
+      meshnode swarm-key generate > swarm.key && chmod 600 swarm.key
+      meshnode start --swarm-key swarm.key ...
+    """
+    from meshnode.runtime.transport import generate_swarm_key  # libp2p: only here
+
+    click.echo(generate_swarm_key(), nl=False)
+
+
+# --- devstack ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--nodes",
+    "node_count",
+    type=click.IntRange(1, 20),
+    default=3,
+    show_default=True,
+    help="How many nodes to start.",
+)
+@click.option(
+    "--data-dir-root",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where each node's data dir and log go (node1/, node1.log, …) [default: a new "
+    "temporary folder, kept after exit].",
+)
+@click.option(
+    "--base-api-port",
+    type=click.IntRange(0, 65535),
+    default=DEFAULT_API_PORT,
+    show_default=True,
+    help="API port of node 1; node N gets it + 10·(N-1) (1234, 1244, …). 0: free ports.",
+)
+@click.option("--no-docker", is_flag=True, help="Start the nodes without Docker (wasm only).")
+@click.option("--require-approval", is_flag=True, help="Start the nodes with --require-approval.")
+@click.option(
+    "--swarm-key",
+    "swarm_key_file",
+    metavar="FILE",
+    default=None,
+    help="Make it a private mesh with this swarm.key.",
+)
+@click.option(
+    "--labels",
+    multiple=True,
+    metavar="K=V[,K=V]",
+    help="Labels of every node (each also gets devstack-node=N).",
+)
+@click.pass_context
+def devstack(
+    ctx: click.Context,
+    node_count: int,
+    data_dir_root: str | None,
+    base_api_port: int,
+    no_docker: bool,
+    require_approval: bool,
+    swarm_key_file: str | None,
+    labels: tuple[str, ...],
+) -> None:
+    """Run a mesh of nodes on this machine, on loopback, until Ctrl-C.
+
+    Each node is a `meshnode start` process with its own data dir, log and API port. Node 1
+    starts first; the others join it with --peers. Once every node sees the whole mesh, a
+    table says where each one is."""
+    from meshnode.cli.devstack import DevstackOptions, run_devstack
+
+    with _usage_errors():
+        if base_api_port and base_api_port + 10 * (node_count - 1) > 65535:
+            raise FlagError(
+                "--base-api-port", f"{base_api_port} leaves no room for {node_count} nodes"
+            )
+        cwd = Path.cwd()
+        parse_key_values(labels, "--labels")  # a typo is a usage error here, not in node 2
+        if swarm_key_file is not None:
+            swarm_key_file = str(Path(cwd, Path(swarm_key_file).expanduser()))
+            if not Path(swarm_key_file).is_file():
+                raise FlagError("--swarm-key", f"{swarm_key_file!r} is not a file")
+    options = DevstackOptions(
+        node_count=node_count,
+        data_dir_root=Path(cwd, data_dir_root) if data_dir_root else None,
+        base_api_port=base_api_port,
+        no_docker=no_docker,
+        require_approval=require_approval,
+        swarm_key_file=swarm_key_file,
+        labels=labels,
+    )
+    ctx.exit(run_devstack(options, _console(ctx)))
 
 
 # --- job ---------------------------------------------------------------------------------------
@@ -974,7 +1149,8 @@ def alive(ctx: click.Context, api_host: str, api_port: int, output: str | None) 
 @output_option
 @click.pass_context
 def agent_node(ctx: click.Context, api_host: str, api_port: int, output: str | None) -> None:
-    """Describe the node the CLI talks to."""
+    """Describe the node the CLI talks to, with the mesh addresses other nodes can join it by
+    (meshnode start --peers ADDRESS)."""
     from meshnode.cli.views import describe_node
 
     console = _console(ctx)
@@ -982,7 +1158,7 @@ def agent_node(ctx: click.Context, api_host: str, api_port: int, output: str | N
     if output is not None:
         print_data(console, response, output)
     else:
-        describe_node(console, response)
+        describe_node(console, response, now_s=time.time())
 
 
 @agent.command(name="version")
@@ -1002,28 +1178,75 @@ def agent_version(ctx: click.Context, api_host: str, api_port: int, output: str 
     console.fields([("Client", f"meshnode {__version__}"), ("Server", str(server or "?"))])
 
 
-@cli.group(cls=_Group)
-def node() -> None:
-    """List and describe the nodes of the mesh."""
-
-
-@node.command(name="list")
+@agent.command(name="mesh")
 @api_options
 @output_option
 @click.pass_context
-def list_nodes(ctx: click.Context, api_host: str, api_port: int, output: str | None) -> None:
-    """List nodes as a table."""
+def agent_mesh(ctx: click.Context, api_host: str, api_port: int, output: str | None) -> None:
+    """Show the node's view of the mesh: its addresses, peers and counters."""
+    from meshnode.cli.views import describe_mesh
+
+    console = _console(ctx)
+    response = ApiClient(api_host, api_port).get(f"{AGENT_PATH}/mesh")
+    if output is not None:
+        print_data(console, response, output)
+    else:
+        describe_mesh(console, response)
+
+
+@cli.group(cls=_Group)
+def node() -> None:
+    """List, describe and approve the nodes of the mesh."""
+
+
+@node.command(name="list")
+@click.option(
+    "--labels",
+    "selector",
+    metavar="SELECTOR",
+    help="Only nodes whose labels match, e.g. 'zone=eu,Architecture!=arm64'.",
+)
+@click.option(
+    "--filter-approval",
+    type=click.Choice(["approved", "pending", "rejected"], case_sensitive=False),
+    default=None,
+    help="Only nodes with this approval.",
+)
+@click.option(
+    "--filter-status",
+    type=click.Choice(["connected", "disconnected"], case_sensitive=False),
+    default=None,
+    help="Only nodes that are (dis)connected: alive, or suspect/dead/left.",
+)
+@api_options
+@output_option
+@click.pass_context
+def list_nodes(
+    ctx: click.Context,
+    selector: str | None,
+    filter_approval: str | None,
+    filter_status: str | None,
+    api_host: str,
+    api_port: int,
+    output: str | None,
+) -> None:
+    """List every node of the mesh, this one included, as a table."""
     from meshnode.cli.jobs import fetch_all_pages
     from meshnode.cli.views import nodes_table
 
     console = _console(ctx)
+    params: dict[str, object] = {
+        "labels": selector or None,
+        "filter-approval": filter_approval.upper() if filter_approval else None,
+        "filter-status": filter_status.upper() if filter_status else None,
+    }
     nodes = fetch_all_pages(
-        ApiClient(api_host, api_port), NODES_PATH, {}, keys=("nodes", "Nodes", "Items")
+        ApiClient(api_host, api_port), NODES_PATH, params, keys=("nodes", "Nodes", "Items")
     )
     if output is not None:
         print_data(console, {"nodes": nodes, "NextToken": ""}, output)
     else:
-        nodes_table(console, nodes)
+        nodes_table(console, nodes, now_s=time.time())
 
 
 @node.command(name="describe")
@@ -1042,7 +1265,59 @@ def describe_node_command(
     if output is not None:
         print_data(console, response, output)
     else:
-        describe_node(console, field(response, "node", "Node", default=response))
+        describe_node(console, field(response, "node", "Node", default=response), now_s=time.time())
+
+
+def _node_action(action: str, summary: str) -> None:
+    """`node approve|reject|delete ID`: Bacalhau's node actions (PUT …/nodes/{id})."""
+
+    @node.command(name=action, help=summary)
+    @click.argument("node_id", metavar="ID")
+    @click.option(
+        "-m", "--message", default="", help="Why (written to the node's log with the action)."
+    )
+    @api_options
+    @output_option
+    @click.pass_context
+    def command(
+        ctx: click.Context,
+        node_id: str,
+        message: str,
+        api_host: str,
+        api_port: int,
+        output: str | None,
+    ) -> None:
+        import json
+
+        from meshnode.cli.views import field
+
+        console = _console(ctx)
+        body = json.dumps({"NodeID": node_id, "Action": action, "Message": message}).encode()
+        response = ApiClient(api_host, api_port).put(path_of(NODES_PATH, node_id), body)
+        if output is not None:
+            print_data(console, response, output)
+        if not field(response, "Success", default=False):
+            error = field(response, "Error", default="") or "the node did not say why"
+            raise MeshnodeError(f"could not {action} node {node_id}: {error}")
+        if output is None:
+            text = str(field(response, "Message", default="") or "Ok")
+            console.print(text[:1].upper() + text[1:])
+
+
+_node_action(
+    "approve",
+    "Approve a node: it gets work.\n\nNeeded under --require-approval; undoes reject and "
+    "delete. ID may be a unique prefix of a node id.",
+)
+_node_action(
+    "reject",
+    "Reject a node: it gets no more work.\n\nID may be a unique prefix of a node id.",
+)
+_node_action(
+    "delete",
+    "Forget a node.\n\nIf it comes back it is listed as rejected and gets no work until "
+    "approved. ID may be a unique prefix of a node id.",
+)
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -1059,3 +1334,7 @@ def _describe(spec: Job) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     cli.main(args=list(argv) if argv is not None else None, prog_name="meshnode")
+
+
+if __name__ == "__main__":  # `python -m meshnode.cli.main`, as devstack may start nodes
+    main()

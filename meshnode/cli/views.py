@@ -12,7 +12,7 @@ Rules of this module:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from meshnode.cli.output import (
@@ -31,6 +31,7 @@ from meshnode.cli.output import (
 __all__ = [
     "TERMINAL_JOB_STATES",
     "describe_job",
+    "describe_mesh",
     "describe_node",
     "executions_table",
     "field",
@@ -45,6 +46,11 @@ TERMINAL_JOB_STATES: Final = frozenset({"Completed", "Failed", "Stopped"})
 COMPLETED_EXECUTION: Final = 7
 # Stdout shown by `job describe`; the rest is one `job logs` away.
 DESCRIBE_OUTPUT_CHARS: Final = 2000
+# Labels in `node list`; `node describe` shows them all.
+NODE_LABELS_CHARS: Final = 40
+# Labels every node sets itself (runtime/sysinfo.py); `node list` shows an operator's first.
+AUTOMATIC_LABELS: Final = frozenset({"Operating-System", "Architecture", "hostname"})
+AUTOMATIC_LABEL_PREFIXES: Final = ("engine-", "GPU-")
 
 
 def field(obj: object, *keys: str, default: Any = None) -> Any:
@@ -259,31 +265,66 @@ def _status_text(value: object) -> str:
     return str(value or "")
 
 
-def nodes_table(console: Console, nodes: Iterable[object]) -> None:
+def _mesh_state(node: object) -> str:
+    """meshnode's `State` (alive, suspect, dead, left); from Bacalhau's fields otherwise."""
+    state = field(node, "State")
+    if isinstance(state, str) and state:
+        return state
+    connection = _status_text(field(field(node, "ConnectionState"), "Status"))
+    return (connection or _status_text(field(node, "Connection"))).lower()
+
+
+def _last_seen(node: object) -> object:
+    return field(field(node, "ConnectionState"), "LastHeartbeat")
+
+
+def _free_of_total(free: object, total: object, text: Callable[[object], str]) -> str:
+    if total is None:
+        return ""
+    return f"{text(free)} / {text(total)}" if free is not None else text(total)
+
+
+def _labels_short(labels: object) -> str:
+    """An operator's labels first, then those every node sets itself."""
+    if not isinstance(labels, Mapping) or not labels:
+        return ""
+
+    def automatic(key: str) -> bool:
+        return key in AUTOMATIC_LABELS or key.startswith(AUTOMATIC_LABEL_PREFIXES)
+
+    keys = sorted(labels, key=lambda key: (automatic(str(key)), str(key)))
+    return ",".join(f"{key}={labels[key]}" for key in keys)
+
+
+def nodes_table(console: Console, nodes: Iterable[object], *, now_s: float) -> None:
     rows = []
     for node in nodes:
         info = _node_info(node)
-        capacity = _capacity(info, "MaxCapacity")
-        engines = field(field(info, "ComputeNodeInfo"), "ExecutionEngines", default=[]) or []
+        free = _capacity(info, "AvailableCapacity")
+        total = _capacity(info, "MaxCapacity")
+        running = _capacity(info, "RunningExecutions")
         rows.append(
             (
-                str(field(info, "NodeID", "ID", default="")),
+                short_node_id(str(field(info, "NodeID", "ID", default=""))),
                 str(field(info, "NodeType", default="") or ""),
-                _status_text(field(node, "Connection")),
-                ",".join(map(str, engines)),
-                _cpu_text(field(capacity, "CPU")),
-                format_bytes(field(capacity, "Memory")),
-                format_bytes(field(capacity, "Disk")),
-                str(field(capacity, "GPU", default="") or ""),
-                _labels_text(field(info, "Labels")),
+                _mesh_state(node),
+                _status_text(field(node, "Membership")),
+                _one_line(_labels_short(field(info, "Labels")), NODE_LABELS_CHARS),
+                _free_of_total(field(free, "CPU"), field(total, "CPU"), _cpu_text),
+                _free_of_total(field(free, "Memory"), field(total, "Memory"), format_bytes),
+                "" if running is None else str(running),
+                ago(_last_seen(node), now_s),
             )
         )
     console.table(
-        ("ID", "TYPE", "STATUS", "ENGINES", "CPU", "MEMORY", "DISK", "GPU", "LABELS"), rows
-    )
+        ("ID", "TYPE", "STATE", "APPROVAL", "LABELS", "CPU FREE", "MEMORY FREE", "RUNNING",
+         "LAST SEEN"),
+        rows,
+    )  # fmt: skip
 
 
-def describe_node(console: Console, node: object) -> None:
+def describe_node(console: Console, node: object, *, now_s: float) -> None:
+    """A `NodeState` (node describe) or a `NodeInfo` (agent node)."""
     info = _node_info(node)
     compute = field(info, "ComputeNodeInfo")
     version = field(info, "BacalhauVersion")
@@ -291,10 +332,15 @@ def describe_node(console: Console, node: object) -> None:
         ("ID", str(field(info, "NodeID", "ID", default=""))),
         ("Type", str(field(info, "NodeType", default="") or "")),
     ]
-    for name, key in (("Connection", "Connection"), ("Membership", "Membership")):
-        text = _status_text(field(node, key))
-        if text:
-            pairs.append((name, text))
+    if info is not node:  # a NodeState: the mesh's view of the node
+        pairs.append(("State", _mesh_state(node)))
+        for name, key in (("Connection", "Connection"), ("Membership", "Membership")):
+            text = _status_text(field(node, key))
+            if text:
+                pairs.append((name, text))
+        seen = ago(_last_seen(node), now_s)
+        if seen:
+            pairs.append(("Last seen", seen))
     if version:
         pairs.append(("Version", str(field(version, "GitVersion", default="") or "")))
     pairs.append(("Labels", _labels_text(field(info, "Labels"))))
@@ -312,6 +358,29 @@ def describe_node(console: Console, node: object) -> None:
         count = field(compute, key)
         if count is not None:
             pairs.append((name, f"{count} executions"))
+    addresses = field(info, "Addresses", default=[]) or []
+    # One per line, whole: they are what `meshnode start --peers` takes.
+    for index, address in enumerate(addresses):
+        pairs.append(("Addresses" if index == 0 else "", str(address)))
+    console.fields(pairs)
+
+
+def describe_mesh(console: Console, mesh: object) -> None:
+    """`GET /api/v1/agent/mesh`: this node's addresses, peers, members and counters."""
+    pairs = [("ID", str(field(mesh, "NodeID", default="")))]
+    for name, key in (("Addresses", "Addresses"), ("Connected peers", "ConnectedPeers")):
+        values = field(mesh, key, default=[]) or []
+        if not values:
+            pairs.append((name, "none"))
+        for index, value in enumerate(values):
+            pairs.append((name if index == 0 else "", str(value)))
+    members = field(mesh, "Members", default={}) or {}
+    if isinstance(members, Mapping):
+        pairs.append(("Members", ", ".join(f"{count} {state}" for state, count in members.items())))
+    stats = field(mesh, "Stats", default={}) or {}
+    if isinstance(stats, Mapping):
+        for index, (name, count) in enumerate(sorted(stats.items())):
+            pairs.append(("Counters" if index == 0 else "", f"{name} {count}"))
     console.fields(pairs)
 
 

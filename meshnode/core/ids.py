@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import MutableSequence, Sequence
+from typing import Any, Protocol
 
 __all__ = ["Rng", "mint_uuid"]
 
@@ -11,6 +12,12 @@ class Rng(Protocol):
     """What the core needs of a random source (`random.Random` satisfies it)."""
 
     def getrandbits(self, k: int, /) -> int: ...
+
+    def choice(self, seq: Sequence[Any], /) -> Any: ...
+
+    def shuffle(self, x: MutableSequence[Any], /) -> None: ...
+
+    def sample(self, population: Sequence[Any], /, k: int) -> list[Any]: ...
 
 
 def mint_uuid(rng: Rng) -> str:

@@ -1,53 +1,89 @@
-"""The node core: every decision one node makes about jobs and executions.
+"""The node core: one node's whole protocol, sans-IO.
 
 Rules of this module:
 - `NodeCore.handle(event, now)` is the only entry point besides construction; it returns the
-  commands the driver must carry out, in order. The first command of a step that changed
-  anything is a `Persist` holding every changed record: the driver writes it (one
-  transaction) before it acts on the rest, so nothing is acted on that a crash could forget.
-- `next_deadline()` says when the driver must call `handle(Tick(), now)` at the latest.
-- On one node this core is requester and compute at once: it places executions (through the
-  per-type schedulers), "bids" for them locally, and runs them from a run queue ordered by
-  job priority as capacity frees. The mesh milestone splits those roles across nodes.
-- Memory is bounded by live work: a job leaves the core once it and all its executions are
-  terminal (the store keeps it for queries).
+  commands the driver must carry out, in order, `Persist` first (written before anything
+  else is done). `next_deadline()` says when to call `handle(Tick(), now)` at the latest.
+- It composes three parts and routes between them: `Membership` (who is alive),
+  `RequesterSide` (jobs this node is primary or replica for), `ComputeSide` (executions this
+  node runs). They talk through messages even inside one node: a message to itself is
+  handled in the same step (`Effects.loopback`), so one node alone runs the very protocol a
+  mesh runs.
+- A peer's bytes are decoded here; anything malformed or hostile is dropped and counted in
+  `stats` (a peer can never crash a node).
+- Memory is bounded by live work: ended jobs leave the requester, acknowledged runs leave
+  the compute side (the store keeps them for queries).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Final, Literal
+from dataclasses import dataclass, field
+from typing import Final
 
 from msgspec.structs import replace
 
-from meshnode.core.ids import Rng, mint_uuid
-from meshnode.core.policy import Policy, policy_for
-from meshnode.core.records import ExecutionRecord, HistoryEvent, JobRecord, NodeInfo
-from meshnode.core.resources import DEFAULT_REQUEST, ResourceAmounts, requested_resources
-from meshnode.core.scheduler import Plan, plan
-from meshnode.core.states import (
-    DesiredState,
-    ExecutionEvent,
-    ExecutionState,
-    JobEvent,
-    JobState,
-    next_execution_state,
-    next_job_state,
+from meshnode.core.commands import (
+    Command,
+    JobAccepted,
+    Persist,
+    Publish,
+    Reply,
+    RunBidProbe,
+    Send,
+    StartExecution,
+    StopExecution,
 )
-from meshnode.spec import Job
+from meshnode.core.compute import ComputeParams, ComputeSide
+from meshnode.core.effects import Effects
+from meshnode.core.election import rank
+from meshnode.core.ids import Rng
+from meshnode.core.membership import Member, MemberChange, Membership, MembershipParams
+from meshnode.core.messages import (
+    Ack,
+    Adopt,
+    Announce,
+    Approval,
+    AskForBid,
+    MemberInfo,
+    Message,
+    Ping,
+    PingReq,
+    PushPull,
+    ReportAck,
+    RequesterClaim,
+    StartRun,
+    StopRun,
+    decode,
+)
+from meshnode.core.policy import Policy
+from meshnode.core.records import ExecutionRecord, JobRecord, LocalRun, NodeInfo
+from meshnode.core.requester import RequesterParams, RequesterSide
+from meshnode.core.resources import DEFAULT_REQUEST, ResourceAmounts
+from meshnode.errors import RemoteProtocolError
 
 __all__ = [
+    "STOPPED_BY_USER",
+    "ApproveNode",
+    "BidProbeDone",
     "Command",
+    "CoreParams",
     "Event",
     "ExecutionEnded",
     "ExecutionLost",
+    "GossipReceived",
     "JobAccepted",
+    "Leave",
+    "MessageReceived",
     "NodeChanged",
     "NodeCore",
+    "PeerDiscovered",
     "Persist",
+    "Publish",
     "Recovered",
     "Reply",
+    "RunBidProbe",
+    "Send",
     "StartExecution",
     "StopExecution",
     "StopJob",
@@ -56,6 +92,11 @@ __all__ = [
 ]
 
 STOPPED_BY_USER: Final = "stopped by the user"
+# Loopback rounds in one step before the core gives up (a bug guard, never reached normally).
+_MAX_ROUNDS: Final = 10_000
+_GOSSIP_TYPES: Final = (Announce, RequesterClaim)
+_MEMBERSHIP_TYPES: Final = (Ping, Ack, PingReq, PushPull)
+_COMPUTE_TYPES: Final = (AskForBid, StartRun, StopRun, Adopt, ReportAck)
 
 # --- events ----------------------------------------------------------------------------------
 
@@ -63,7 +104,7 @@ STOPPED_BY_USER: Final = "stopped by the user"
 @dataclass(frozen=True, slots=True)
 class SubmitJob:
     request_id: str
-    spec: Job
+    spec: object  # meshnode.spec.Job (kept loose here to avoid a cycle in type checkers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,52 +144,81 @@ class NodeChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class MessageReceived:
+    """A frame from a peer's direct stream; `sender` is the peer id the transport verified."""
+
+    sender: str
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class GossipReceived:
+    sender: str
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDiscovered:
+    """A peer found outside the mesh protocol: a bootstrap address or mDNS."""
+
+    node_id: str
+    addrs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BidProbeDone:
+    execution_id: str
+    ok: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ApproveNode:
+    request_id: str
+    node_id: str
+    decision: str  # "approved" | "rejected" | "deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    """A graceful stop: tell the mesh before going."""
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time has passed (a deadline from `next_deadline()` was reached)."""
 
 
-Event = SubmitJob | StopJob | ExecutionEnded | ExecutionLost | Recovered | NodeChanged | Tick
-
-# --- commands --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Persist:
-    jobs: tuple[JobRecord, ...]
-    executions: tuple[ExecutionRecord, ...]
-    history: tuple[HistoryEvent, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class JobAccepted:
-    request_id: str
-    job_id: str
-    evaluation_id: str
-    warnings: tuple[str, ...] = ()
+Event = (
+    SubmitJob
+    | StopJob
+    | ExecutionEnded
+    | ExecutionLost
+    | Recovered
+    | NodeChanged
+    | MessageReceived
+    | GossipReceived
+    | PeerDiscovered
+    | BidProbeDone
+    | ApproveNode
+    | Leave
+    | Tick
+)
 
 
 @dataclass(frozen=True, slots=True)
-class Reply:
-    """The answer to a request that is not a submission (e.g. `StopJob`)."""
-
-    request_id: str
-    ok: bool
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class StartExecution:
-    execution: ExecutionRecord
-    job: JobRecord
-
-
-@dataclass(frozen=True, slots=True)
-class StopExecution:
-    execution_id: str
-    reason: str
-
-
-Command = Persist | JobAccepted | Reply | StartExecution | StopExecution
+class CoreParams:
+    membership: MembershipParams = field(default_factory=MembershipParams)
+    requester: RequesterParams = field(default_factory=RequesterParams)
+    compute: ComputeParams = field(default_factory=ComputeParams)
+    roles: tuple[str, ...] = ("requester", "compute")
+    bid_probe: bool = False
+    # Free resources are re-advertised when they moved by this share of capacity ...
+    advertise_change: float = 0.2
+    # ... but not more often than this.
+    advertise_every_s: float = 2.0
+    # After a restart with peers to find, role decisions wait this long for the mesh view.
+    settle_s: float = 0.0
 
 
 class NodeCore:
@@ -161,23 +231,59 @@ class NodeCore:
         default_request: ResourceAmounts = DEFAULT_REQUEST,
         jobs: Iterable[JobRecord] = (),
         executions: Iterable[ExecutionRecord] = (),
+        runs: Iterable[LocalRun] = (),
+        approvals: Iterable[Approval] = (),
+        params: CoreParams | None = None,
+        addrs: tuple[str, ...] = (),
+        api: str = "",
+        version: str = "",
+        now: float = 0.0,
     ) -> None:
+        self.params = params or CoreParams()
         self._node = node
         self._rng = rng
-        self._defaults = policy or Policy()
-        self._default_request = default_request
-        self._jobs: dict[str, JobRecord] = {job.id: job for job in jobs if not job.state.terminal}
-        self._executions: dict[str, ExecutionRecord] = {
-            e.id: e for e in executions if e.job_id in self._jobs
-        }
-        self._wake_at: dict[str, float] = {}
-        self._recovered = False
-        # Changes of the current step, flushed as one Persist.
-        self._changed_jobs: dict[str, JobRecord] = {}
-        self._changed_executions: dict[str, ExecutionRecord] = {}
-        self._history: list[HistoryEvent] = []
-        self._pending_stops: list[StopExecution] = []
-        self._dirty: set[str] = set(self._jobs)  # jobs to evaluate
+        info = MemberInfo(
+            node=node,
+            addrs=addrs,
+            roles=self.params.roles,
+            version=version,
+            api=api,
+            free=node.capacity,
+        )
+        self.membership = Membership(
+            node.id, info, rng=rng, now=now, params=self.params.membership, approvals=approvals
+        )
+        self.compute = ComputeSide(
+            node.id,
+            node=node,
+            runs=runs,
+            params=self.params.compute,
+            probe_enabled=self.params.bid_probe,
+            route=self._primary_of,
+            gone=self.membership.is_gone,
+            addrs=self.membership.addrs_of,
+        )
+        self.requester = RequesterSide(
+            node.id,
+            rng=rng,
+            policy=policy or Policy(),
+            params=self.params.requester,
+            candidates=self._requester_candidates,
+            compute_nodes=self._compute_nodes,
+            reachable=self.membership.is_reachable,
+            addrs=self.membership.addrs_of,
+            jobs=jobs,
+            executions=executions,
+            default_request=default_request,
+        )
+        self._settle_at = now + self.params.settle_s
+        self._settled = False
+        self._advertised_at = now
+        self._advertised_free = node.capacity
+        self._advertised_running = 0
+        self._candidates_cache: list[str] | None = None
+        self.stats: dict[str, int] = {"messages_dropped": 0, "messages_handled": 0}
+        self.last_drop: str = ""
 
     # --- queries (read-only views for the driver and tests) -------------------------------
 
@@ -185,308 +291,261 @@ class NodeCore:
     def node(self) -> NodeInfo:
         return self._node
 
+    @property
+    def node_id(self) -> str:
+        return self._node.id
+
     def job(self, job_id: str) -> JobRecord | None:
-        return self._jobs.get(job_id)
+        return self.requester.job(job_id)
 
     def execution(self, execution_id: str) -> ExecutionRecord | None:
-        return self._executions.get(execution_id)
+        return self.requester.execution(execution_id)
 
     def executions_of(self, job_id: str) -> list[ExecutionRecord]:
-        return sorted(
-            (e for e in self._executions.values() if e.job_id == job_id),
-            key=lambda e: (e.created_at, e.id),
-        )
+        return self.requester.executions_of(job_id)
 
     @property
     def live_job_ids(self) -> list[str]:
-        return sorted(self._jobs)
+        return sorted(self.requester.held)
+
+    def run(self, execution_id: str) -> LocalRun | None:
+        return self.compute.runs.get(execution_id)
+
+    @property
+    def runs(self) -> list[LocalRun]:
+        return sorted(self.compute.runs.values(), key=lambda r: r.id)
 
     def used_resources(self) -> ResourceAmounts:
-        used = ResourceAmounts()
-        for execution in self._executions.values():
-            if execution.running:
-                used += execution.resources
-        return used
+        return self.compute.used()
+
+    def members(self) -> list[Member]:
+        return sorted(self.membership.members.values(), key=lambda m: m.id)
+
+    def primary_of(self, job_id: str) -> str | None:
+        return self._primary_of(job_id)
+
+    def job_deadline(self, job_id: str) -> float | None:
+        """When the job's scheduler wants to look at it again (tests, `job describe`)."""
+        held = self.requester.held.get(job_id)
+        return held.wake_at if held else None
 
     def next_deadline(self) -> float | None:
-        return min(self._wake_at.values(), default=None)
+        deadlines = [self.membership.next_deadline()]
+        for part in (self.requester.next_deadline(), self.compute.next_deadline()):
+            if part is not None:
+                deadlines.append(part)
+        if not self._settled:
+            deadlines.append(self._settle_at)
+        return min(deadlines)
 
     # --- the entry point --------------------------------------------------------------------
 
     def handle(self, event: Event, now: float) -> list[Command]:
-        commands: list[Command] = []
+        fx = Effects(self._node.id)
+        self._candidates_cache = None
         match event:
             case SubmitJob():
-                commands.extend(self._submit(event, now))
+                self.requester.submit(event.request_id, event.spec, now, fx)  # type: ignore[arg-type]
             case StopJob():
-                commands.extend(self._stop_job(event, now))
+                self.requester.stop(event.request_id, event.job_id, event.reason, now, fx)
             case ExecutionEnded():
-                self._ended(event, now)
+                self.compute.on_ended(event.execution_id, event.exit_code, event.error, now, fx)
             case ExecutionLost():
-                self._lost(event.execution_id, event.reason, now)
+                self.compute.on_ended(event.execution_id, None, event.reason, now, fx)
             case Recovered():
-                self._recovered = True
-                for execution_id in event.lost:
-                    self._lost(execution_id, "the node restarted while it ran", now)
+                self.compute.recovered(event.lost, now, fx)
             case NodeChanged():
-                self._node = event.node
-                self._dirty.update(self._jobs)
+                self._node_changed(event.node, now)
+            case MessageReceived():
+                self._receive(event.sender, event.frame, now, fx, gossip=False)
+            case GossipReceived():
+                self._receive(event.sender, event.frame, now, fx, gossip=True)
+            case PeerDiscovered():
+                self.membership.add_seed(event.node_id, event.addrs, now)
+            case BidProbeDone():
+                self.compute.on_probe_done(event.execution_id, event.ok, event.reason, now, fx)
+            case ApproveNode():
+                self._approve(event, now, fx)
+            case Leave():
+                self.membership.leave(now)
             case Tick():
                 pass
-        self._dirty.update(job_id for job_id, at in self._wake_at.items() if at <= now)
-        self._evaluate(now)
-        if self._recovered:
-            commands.extend(self._start_from_queue(now))
-        self._evict_finished()
-        return self._flush(commands)
+        self.membership.tick(now)
+        self.compute.tick(now, fx)
+        if not self._settled and now >= self._settle_at:
+            self._settled = True
+            self.requester.review_roles(now, fx)
+        self.requester.tick(now, fx)
+        self._run_to_quiescence(now, fx)
+        self._advertise(now)
+        self._take_membership_outputs(now, fx)
+        return fx.flush()
 
-    # --- requests ---------------------------------------------------------------------------
+    # --- routing --------------------------------------------------------------------------------
 
-    def _submit(self, event: SubmitJob, now: float) -> list[Command]:
-        job_id = f"j-{mint_uuid(self._rng)}"
-        _, warnings = policy_for(event.spec, self._defaults)
-        job = JobRecord(
-            id=job_id,
-            spec=event.spec,
-            created_at=now,
-            modified_at=now,
-            node_id=self._node.id,
-            message="submitted",
-        )
-        self._jobs[job_id] = job
-        self._changed_jobs[job_id] = job
-        self._record(now, job_id, "", "job", "", JobState.PENDING.value, "submitted", 1)
-        self._dirty.add(job_id)
-        evaluation_id = mint_uuid(self._rng)
-        return [JobAccepted(event.request_id, job_id, evaluation_id, tuple(warnings))]
+    def _receive(self, sender: str, frame: bytes, now: float, fx: Effects, *, gossip: bool) -> None:
+        try:
+            message = decode(frame)
+            if gossip != isinstance(message, _GOSSIP_TYPES):
+                where = "gossip" if gossip else "a direct stream"
+                raise RemoteProtocolError(f"{type(message).__name__} is not expected on {where}")
+            self._dispatch(sender, message, now, fx)
+        except RemoteProtocolError as error:
+            self.stats["messages_dropped"] += 1
+            self.last_drop = f"from {sender}: {error}"
 
-    def _stop_job(self, event: StopJob, now: float) -> list[Command]:
-        job = self._jobs.get(event.job_id)
-        if job is None:
-            return [Reply(event.request_id, False, f"job {event.job_id} is not running")]
-        reason = event.reason or STOPPED_BY_USER
-        self._transition_job(job, JobEvent.STOP, reason, now)
-        for execution in self.executions_of(job.id):
-            if execution.active:
-                self._stop_execution(execution, reason, now)
-        return [Reply(event.request_id, True, f"job {job.id} stopped")]
-
-    # --- execution reports --------------------------------------------------------------------
-
-    def _ended(self, event: ExecutionEnded, now: float) -> None:
-        execution = self._executions.get(event.execution_id)
-        if execution is None or execution.state.terminal:
-            return  # a late or repeated report: nothing to do
-        changes = {"ended_at": now, "exit_code": event.exit_code, "error": event.error}
-        if execution.desired is DesiredState.STOPPED:
-            self._move(execution, ExecutionEvent.CANCEL, execution.message, now, **changes)
-        elif event.exit_code == 0 and not event.error:
-            self._move(execution, ExecutionEvent.COMPLETE, "completed", now, **changes)
+    def _dispatch(self, sender: str, message: Message, now: float, fx: Effects) -> None:
+        self.stats["messages_handled"] += 1
+        if isinstance(message, (*_MEMBERSHIP_TYPES, Announce)):
+            self.membership.on_message(sender, message, now)
+        elif isinstance(message, _COMPUTE_TYPES):
+            match message:
+                case AskForBid():
+                    self.compute.on_ask_for_bid(sender, message, now, fx)
+                case StartRun():
+                    self.compute.on_start(sender, message, now, fx)
+                case StopRun():
+                    self.compute.on_stop(sender, message, now, fx)
+                case Adopt():
+                    self.compute.on_adopt(sender, message, now, fx)
+                case ReportAck():
+                    self.compute.on_report_ack(sender, message, now, fx)
         else:
-            why = event.error or f"exited with code {event.exit_code}"
-            self._move(execution, ExecutionEvent.FAIL, why, now, **changes)
-        self._dirty.add(execution.job_id)
+            self.requester.on_message(sender, message, now, fx)
 
-    def _lost(self, execution_id: str, reason: str, now: float) -> None:
-        execution = self._executions.get(execution_id)
-        if execution is None or execution.state.terminal:
-            return
-        event = ExecutionEvent.CANCEL
-        if execution.desired is not DesiredState.STOPPED:
-            event = ExecutionEvent.FAIL
-        self._move(execution, event, reason, now, ended_at=now, error=reason)
-        self._dirty.add(execution.job_id)
+    def _run_to_quiescence(self, now: float, fx: Effects) -> None:
+        for _ in range(_MAX_ROUNDS):
+            while fx.loopback:
+                sender, message = fx.loopback.popleft()
+                try:
+                    self._dispatch(sender, message, now, fx)
+                except RemoteProtocolError as error:  # our own message: a bug
+                    raise AssertionError(f"a node rejected its own message: {error}") from error
+            self._take_membership_outputs(now, fx)
+            if self._settled:
+                self.requester.evaluate(now, fx)
+            self.requester.flush_jobs(fx)
+            if not fx.loopback:
+                return
+        raise AssertionError("the core did not settle within one step")
 
-    # --- evaluation ---------------------------------------------------------------------------
+    def _take_membership_outputs(self, now: float, fx: Effects) -> None:
+        commands, changes = self.membership.take_outputs()
+        for command in commands:
+            if isinstance(command, Send):
+                fx.send(command.to, command.message, command.addrs)
+            else:
+                fx.do(command)
+        if changes:
+            self._members_changed(changes, now, fx)
 
-    def _evaluate(self, now: float) -> None:
-        for job_id in sorted(self._dirty, key=self._priority_order):
-            job = self._jobs.get(job_id)
-            self._wake_at.pop(job_id, None)
-            if job is None:
-                continue
-            policy, _ = policy_for(job.spec, self._defaults)
-            request = requested_resources(job.spec, self._default_request)
-            result = plan(job, self.executions_of(job_id), [self._node], now, policy, request)
-            self._apply(job, result, request, now)
-        self._dirty.clear()
-
-    def _priority_order(self, job_id: str) -> tuple[int, float, str]:
-        job = self._jobs.get(job_id)
-        return (-(job.spec.priority if job else 0), job.created_at if job else 0.0, job_id)
-
-    def _apply(self, job: JobRecord, result: Plan, request: ResourceAmounts, now: float) -> None:
-        for execution_id, reason in result.stop:
-            self._stop_execution(self._executions[execution_id], reason, now)
-        for placement in result.create:
-            self._create_execution(job, placement.node_id, request, now)
-        job = self._jobs[job.id]
-        if result.queued_at != job.queued_at:
-            job = self._update_job(job, now, queued_at=result.queued_at)
-        if result.event is not None:
-            job = self._transition_job(job, result.event, result.message or job.message, now)
-        elif result.message is not None and result.message != job.message:
-            job = self._update_job(job, now, message=result.message)
-        if result.wake_at is not None and not job.state.terminal:
-            self._wake_at[job.id] = result.wake_at
-
-    def _create_execution(
-        self, job: JobRecord, node_id: str, request: ResourceAmounts, now: float
-    ) -> None:
-        execution = ExecutionRecord(
-            id=f"e-{mint_uuid(self._rng)}",
-            job_id=job.id,
-            node_id=node_id,
-            created_at=now,
-            modified_at=now,
-            resources=request,
-            priority=job.spec.priority,
-            desired=DesiredState.RUNNING,
+    def _members_changed(self, changes: list[MemberChange], now: float, fx: Effects) -> None:
+        self._candidates_cache = None
+        fx.approvals.extend(
+            self.membership.approvals[c.node_id]
+            for c in changes
+            if c.kind == "approval" and c.node_id in self.membership.approvals
         )
-        self._executions[execution.id] = execution
-        self._record(now, job.id, execution.id, "execution", "", "New", "created", 1)
-        # On one node the bid round is local: ask, bid, accept, recorded step by step.
-        execution = self._move(execution, ExecutionEvent.ASK_FOR_BID, "asked for a bid", now)
-        execution = self._move(execution, ExecutionEvent.BID, "the node can run it", now)
-        self._move(execution, ExecutionEvent.ACCEPT, "waiting to start", now)
+        for change in changes:
+            if change.kind in ("dead", "left"):
+                self.requester.node_lost(change.node_id, now, fx)
+            elif change.kind == "alive":
+                self.requester.node_back(change.node_id, now, fx)
+        if self._settled:
+            self.requester.review_roles(now, fx)
+        for held in self.requester.held.values():
+            held.dirty = True
 
-    def _stop_execution(self, execution: ExecutionRecord, reason: str, now: float) -> None:
-        if execution.state.terminal:
-            return
-        if execution.running:
-            if execution.desired is not DesiredState.STOPPED:
-                self._put_execution(
-                    replace(execution, desired=DesiredState.STOPPED, message=reason), now
+    # --- views for the parts ----------------------------------------------------------------
+
+    def _requester_candidates(self) -> list[str]:
+        if self._candidates_cache is None:
+            membership = self.membership
+            candidates = []
+            for node_id in membership.reachable_ids():
+                info = membership.info_of(node_id)
+                if info is None or "requester" not in info.roles:
+                    continue
+                if membership.approval_of(node_id) in ("rejected", "deleted"):
+                    continue
+                candidates.append(node_id)
+            self._candidates_cache = candidates
+        return self._candidates_cache
+
+    def _primary_of(self, job_id: str) -> str | None:
+        ranking = rank(job_id, self._requester_candidates())
+        return ranking[0] if ranking else None
+
+    def _compute_nodes(self) -> tuple[list[NodeInfo], dict[str, str], dict[str, float]]:
+        membership = self.membership
+        nodes: list[NodeInfo] = []
+        excluded: dict[str, str] = {}
+        load: dict[str, float] = {}
+        require = self.params.requester.require_approval
+        for node_id in membership.reachable_ids():
+            info = membership.info_of(node_id)
+            if info is None or "compute" not in info.roles:
+                continue
+            approval = membership.approval_of(node_id)
+            if approval in ("rejected", "deleted"):
+                excluded[node_id] = f"the node was {approval} by an operator"
+                continue
+            if require and approval != "approved":
+                excluded[node_id] = (
+                    f"the node is not approved yet (meshnode node approve {node_id})"
                 )
-                self._pending_stops.append(StopExecution(execution.id, reason))
-        else:
-            self._move(execution, ExecutionEvent.CANCEL, reason, now, desired=DesiredState.STOPPED)
-
-    # --- the run queue ------------------------------------------------------------------------
-
-    def _start_from_queue(self, now: float) -> list[Command]:
-        waiting = sorted(
-            (
-                e
-                for e in self._executions.values()
-                if e.state is ExecutionState.BID_ACCEPTED
-                and e.started_at is None
-                and e.node_id == self._node.id
-            ),
-            key=lambda e: (-e.priority, e.created_at, e.id),
-        )
-        free = self._node.capacity - self.used_resources()
-        commands: list[Command] = []
-        for execution in waiting:
-            if execution.resources.shortfall(free):
-                continue  # a smaller one behind it may still fit
-            free -= execution.resources
-            started = self._put_execution(
-                replace(execution, started_at=now, message="running"), now
-            )
-            job = self._jobs[execution.job_id]
-            if job.state is not JobState.RUNNING:
-                job = self._transition_job(job, JobEvent.RUN, "running", now)
-            commands.append(StartExecution(started, job))
-        return commands
-
-    # --- record keeping -----------------------------------------------------------------------
-
-    def _transition_job(
-        self, job: JobRecord, event: JobEvent, message: str, now: float
-    ) -> JobRecord:
-        new_state = next_job_state(job.state, event)
-        # `queued_at` ("short of nodes since") is the scheduler's to set, not the state's.
-        updated = self._update_job(job, now, state=new_state, message=message)
-        self._record(
-            now, job.id, "", "job", job.state.value, new_state.value, message, updated.revision
-        )
-        if new_state.terminal:
-            self._wake_at.pop(job.id, None)
-        return updated
-
-    def _update_job(self, job: JobRecord, now: float, **changes: object) -> JobRecord:
-        updated = replace(job, modified_at=now, revision=job.revision + 1, **changes)
-        self._jobs[job.id] = updated
-        self._changed_jobs[job.id] = updated
-        return updated
-
-    def _move(
-        self,
-        execution: ExecutionRecord,
-        event: ExecutionEvent,
-        message: str,
-        now: float,
-        **changes: object,
-    ) -> ExecutionRecord:
-        new_state = next_execution_state(execution.state, event)
-        if new_state.terminal:
-            changes.setdefault("desired", DesiredState.STOPPED)  # nothing more is wanted of it
-        updated = self._put_execution(
-            replace(execution, state=new_state, message=message, **changes), now
-        )
-        self._record(
-            now,
-            execution.job_id,
-            execution.id,
-            "execution",
-            execution.state.display_name,
-            new_state.display_name,
-            message,
-            updated.revision,
-        )
-        return updated
-
-    def _put_execution(self, execution: ExecutionRecord, now: float) -> ExecutionRecord:
-        updated = replace(execution, modified_at=now, revision=execution.revision + 1)
-        self._executions[execution.id] = updated
-        self._changed_executions[execution.id] = updated
-        return updated
-
-    def _record(
-        self,
-        now: float,
-        job_id: str,
-        execution_id: str,
-        kind: Literal["job", "execution"],
-        previous: str,
-        new: str,
-        message: str,
-        revision: int,
-    ) -> None:
-        self._history.append(
-            HistoryEvent(
-                time=now,
-                job_id=job_id,
-                execution_id=execution_id,
-                kind=kind,
-                previous=previous,
-                new=new,
-                message=message,
-                revision=revision,
-            )
-        )
-
-    def _evict_finished(self) -> None:
-        for job_id in [j for j, job in self._jobs.items() if job.state.terminal]:
-            if any(e.active for e in self._executions.values() if e.job_id == job_id):
                 continue
-            del self._jobs[job_id]
-            self._wake_at.pop(job_id, None)
-            for execution_id in [e.id for e in self._executions.values() if e.job_id == job_id]:
-                del self._executions[execution_id]
+            if node_id == self._node.id:
+                nodes.append(self._node)
+                load[node_id] = _load(self._node.capacity, self.compute.committed(0.0))
+            else:
+                nodes.append(info.node)
+                load[node_id] = _load(info.node.capacity, info.node.capacity - info.free)
+        return nodes, excluded, load
 
-    def _flush(self, commands: list[Command]) -> list[Command]:
-        stops: list[Command] = list(self._pending_stops)
-        self._pending_stops.clear()
-        if not (self._changed_jobs or self._changed_executions or self._history):
-            return stops + commands
-        persist = Persist(
-            jobs=tuple(self._changed_jobs.values()),
-            executions=tuple(self._changed_executions.values()),
-            history=tuple(self._history),
+    # --- this node's own advertisement --------------------------------------------------------
+
+    def _node_changed(self, node: NodeInfo, now: float) -> None:
+        self._node = node
+        self.compute.node = node
+        info = replace(self.membership.info, node=node)
+        self.membership.update_self(info, now, announce=True)
+        for held in self.requester.held.values():
+            held.dirty = True
+
+    def _advertise(self, now: float) -> None:
+        if now < self._advertised_at + self.params.advertise_every_s:
+            return
+        free = self._node.capacity - self.compute.committed(now)
+        running = self.compute.running_count()
+        moved = abs(
+            _load(self._node.capacity, free) - _load(self._node.capacity, self._advertised_free)
         )
-        self._changed_jobs.clear()
-        self._changed_executions.clear()
-        self._history.clear()
-        return [persist, *stops, *commands]
+        if moved < self.params.advertise_change and (running > 0) == (self._advertised_running > 0):
+            return
+        self._advertised_at, self._advertised_free, self._advertised_running = now, free, running
+        info = replace(self.membership.info, free=free, running=running)
+        self.membership.update_self(info, now, announce=False)
+
+    def set_address(self, addrs: tuple[str, ...], api: str, now: float) -> None:
+        """The driver learned where this node listens (after its transport started)."""
+        info = replace(self.membership.info, addrs=addrs, api=api)
+        self.membership.update_self(info, now, announce=True)
+
+    def _approve(self, event: ApproveNode, now: float, fx: Effects) -> None:
+        membership = self.membership
+        known = event.node_id == self._node.id or event.node_id in membership.members
+        if not known and event.node_id not in membership.approvals:
+            fx.do(Reply(event.request_id, False, f"no node {event.node_id} is known"))
+            return
+        membership.decide_approval(event.node_id, event.decision, now)
+        fx.do(Reply(event.request_id, True, f"node {event.node_id} {event.decision}"))
+
+
+def _load(capacity: ResourceAmounts, used: ResourceAmounts) -> float:
+    shares = []
+    if capacity.cpu_millicores:
+        shares.append(used.cpu_millicores / capacity.cpu_millicores)
+    if capacity.memory_bytes:
+        shares.append(used.memory_bytes / capacity.memory_bytes)
+    return max(shares, default=0.0)

@@ -15,7 +15,8 @@ Rules of this module:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from meshnode.core.policy import Policy
@@ -52,12 +53,32 @@ class _Context:
     now: float
     policy: Policy
     request: ResourceAmounts
+    excluded: Mapping[str, str] = field(default_factory=dict)
+    load: Mapping[str, float] = field(default_factory=dict)
+    cooldown_s: float = 0.0
     reasons: dict[str, list[str]] = field(default_factory=dict)
+    # Nodes that declined a bid for this job recently: passed over until `cooldown_until`.
+    declined: dict[str, str] = field(default_factory=dict)
+    cooldown_until: float | None = None
 
     def __post_init__(self) -> None:
         self.reasons = {
             node.id: unsuitability(self.job.spec, node, self.request) for node in self.nodes
         }
+        for node_id, why in self.excluded.items():
+            self.reasons.setdefault(node_id, []).insert(0, why)
+        for execution in self.executions:
+            if execution.state is not ExecutionState.ASK_FOR_BID_REJECTED:
+                continue
+            until = (execution.ended_at or execution.modified_at) + self.cooldown_s
+            if until > self.now:
+                self.declined[execution.node_id] = execution.message
+                self.cooldown_until = min(until, self.cooldown_until or until)
+
+    @property
+    def node_ids(self) -> list[str]:
+        ids = [node.id for node in self.nodes]
+        return ids + sorted(set(self.excluded) - set(ids))
 
     @property
     def suitable(self) -> list[str]:
@@ -65,18 +86,26 @@ class _Context:
 
     @property
     def active(self) -> list[ExecutionRecord]:
+        """Not ended, wherever they are (a lost one too): what a job's end must stop."""
         return [e for e in self.executions if e.active]
+
+    @property
+    def counted(self) -> list[ExecutionRecord]:
+        """Active on a reachable node: what counts toward Count."""
+        return [e for e in self.executions if e.counted]
 
     def explain(self, skip: set[str] | None = None, busy: dict[str, str] | None = None) -> str:
         """Per node, why it was not used."""
         parts = []
-        for node in self.nodes:
-            if skip and node.id in skip:
+        for node_id in self.node_ids:
+            if skip and node_id in skip:
                 continue
-            why = self.reasons[node.id] or ([busy[node.id]] if busy and node.id in busy else [])
+            why = self.reasons[node_id] or ([busy[node_id]] if busy and node_id in busy else [])
+            if not why and node_id in self.declined:
+                why = [self.declined[node_id]]
             if why:
-                parts.append(f"node {node.id}: {'; '.join(why)}")
-        if not self.nodes:
+                parts.append(f"node {node_id}: {'; '.join(why)}")
+        if not self.node_ids:
             parts.append("no nodes are known")
         return "; ".join(parts)
 
@@ -88,10 +117,19 @@ def plan(
     now: float,
     policy: Policy,
     request: ResourceAmounts,
+    *,
+    excluded: Mapping[str, str] | None = None,
+    load: Mapping[str, float] | None = None,
+    cooldown_s: float = 0.0,
 ) -> Plan:
+    """`excluded`: nodes that get no work, with why (e.g. not approved); `load`: how busy
+    each node is (0 idle … 1 full), for ranking; `cooldown_s`: how long a node that declined
+    a bid for this job is passed over."""
     if job.state.terminal:
         return Plan()
-    context = _Context(job, executions, nodes, now, policy, request)
+    context = _Context(
+        job, executions, nodes, now, policy, request, excluded or {}, load or {}, cooldown_s
+    )
     total = _total_timeout(context)
     if total is not None:
         return total
@@ -151,6 +189,15 @@ def _failure_text(execution: ExecutionRecord) -> str:
 # --- batch -------------------------------------------------------------------------------------
 
 
+def _rank_key(context: _Context, node: str, failed_on: set[str]) -> tuple[bool, int, bytes]:
+    """Nodes where this job failed come last; then less loaded first (in tenths, so small
+    differences do not matter); then a tie-break that differs per job, so equal nodes share
+    the work instead of the first name taking everything."""
+    load_tenths = round(10 * context.load.get(node, 0.0))
+    tie = hashlib.blake2b(f"{context.job.id}/{node}".encode(), digest_size=8).digest()
+    return (node in failed_on, load_tenths, tie)
+
+
 def _batch(context: _Context) -> Plan:
     job, executions = context.job, context.executions
     count = job.spec.count or 0
@@ -174,8 +221,17 @@ def _batch(context: _Context) -> Plan:
                 f"(after {retries} {'retry' if retries == 1 else 'retries'})"
             ),
         )
-    needed = count - len(completed) - len(active)
-    if needed <= 0:
+    counted = context.counted
+    needed = count - len(completed) - len(counted)
+    if needed < 0:  # e.g. a node came back with a run that was replaced: stop the newest
+        extras = sorted(counted, key=lambda e: (e.started_at is not None, e.created_at, e.id))
+        extras = extras[:-needed]
+        return Plan(
+            stop=tuple((e.id, "more executions than Count") for e in extras),
+            event=_run_event(context, running=True),
+            queued_at=None,
+        )
+    if needed == 0:
         return Plan(event=_run_event(context, running=True), queued_at=None)
     if failed:
         last_end = max(e.ended_at or e.modified_at for e in failed)
@@ -196,16 +252,16 @@ def _place_on_distinct_nodes(
     """Place up to `needed` executions on suitable nodes that hold none of this job's live or
     completed executions; nodes where it failed before come last."""
     executions = context.executions
-    taken = {e.node_id for e in executions if e.active or e.state is ExecutionState.COMPLETED}
+    taken = {e.node_id for e in executions if e.counted or e.state is ExecutionState.COMPLETED}
     failed_on = {e.node_id for e in executions if e.state is ExecutionState.FAILED}
     candidates = sorted(
-        (node for node in context.suitable if node not in taken),
-        key=lambda node: (node in failed_on, node),
+        (node for node in context.suitable if node not in taken and node not in context.declined),
+        key=lambda node: _rank_key(context, node, failed_on),
     )
     chosen = candidates[:needed]
     create = tuple(Placement(node, "selected") for node in chosen)
     shortfall = needed - len(chosen)
-    running = bool(context.active or create)
+    running = bool(context.counted or create)
     if shortfall <= 0:
         return Plan(create=create, event=_run_event(context, running), queued_at=None)
 
@@ -221,7 +277,11 @@ def _place_on_distinct_nodes(
     queue_timeout = queue_timeout or context.policy.default_queue_timeout_s
     if not queueable:
         return Plan(
-            create=create, event=_run_event(context, running), message=message, queued_at=None
+            create=create,
+            event=_run_event(context, running),
+            message=message,
+            queued_at=None,
+            wake_at=context.cooldown_until,
         )
     if queue_timeout <= 0 or context.now >= queued_at + queue_timeout:
         waited = (
@@ -238,12 +298,15 @@ def _place_on_distinct_nodes(
         event = _run_event(context, running)
     else:
         event = JobEvent.QUEUE if context.job.state is not JobState.QUEUED else None
+    wake_at = queued_at + queue_timeout
+    if context.cooldown_until is not None:
+        wake_at = min(wake_at, context.cooldown_until)
     return Plan(
         create=create,
         event=event,
         message=message + f"; waiting up to {queue_timeout:g} s for more nodes",
         queued_at=queued_at,
-        wake_at=queued_at + queue_timeout,
+        wake_at=wake_at,
     )
 
 
@@ -298,14 +361,28 @@ def _daemon(context: _Context) -> Plan:
     suitable = set(context.suitable)
     create: list[Placement] = []
     wake: list[float] = []
-    stop = tuple(
+    # A lost execution (its node unreachable) is left alone: its node is not suitable now,
+    # and if it comes back, the execution is adopted.
+    reachable = {node.id for node in context.nodes}
+    stop = [
         (e.id, f"node {e.node_id} no longer matches the job")
-        for e in context.active
-        if e.node_id not in suitable
-    )
+        for e in context.counted
+        if e.node_id not in suitable and e.node_id in reachable
+    ]
+    # Two on one node (placed by both sides of a partition that healed): keep the oldest.
+    by_node: dict[str, list[ExecutionRecord]] = {}
+    for execution in context.counted:
+        if execution.node_id in suitable:
+            by_node.setdefault(execution.node_id, []).append(execution)
+    for on_node in by_node.values():
+        extras = sorted(on_node, key=lambda e: (e.created_at, e.id))[1:]
+        stop.extend((e.id, "another execution of this daemon runs on its node") for e in extras)
     for node in sorted(suitable):
         on_node = [e for e in context.executions if e.node_id == node]
         if any(e.active for e in on_node):
+            continue
+        if node in context.declined:
+            wake.append(context.cooldown_until or context.now)
             continue
         short, last_end = _short_runs(context, on_node)
         restart_at = last_end + context.policy.restart_delay_s(short)
@@ -316,7 +393,7 @@ def _daemon(context: _Context) -> Plan:
     message = None if suitable else f"no matching node yet: {context.explain()}"
     return Plan(
         create=tuple(create),
-        stop=stop,
+        stop=tuple(stop),
         event=_run_event(context, running=True),
         message=message,
         wake_at=min(wake) if wake else None,
@@ -325,14 +402,24 @@ def _daemon(context: _Context) -> Plan:
 
 def _service(context: _Context) -> Plan:
     count = context.job.spec.count or 0
-    active = context.active
+    active = context.counted
     suitable = set(context.suitable)
+    reachable = {node.id for node in context.nodes}
     stop = [
         (e.id, f"node {e.node_id} no longer matches the job")
         for e in active
-        if e.node_id not in suitable
+        if e.node_id not in suitable and e.node_id in reachable
     ]
-    keep = [e for e in active if e.node_id in suitable]
+    keep = [e for e in active if e.node_id in suitable or e.node_id not in reachable]
+    # Two on one node (placed by both sides of a partition that healed, or by a primary and
+    # a stale one): Count means distinct nodes, so keep the oldest, as `_daemon` does.
+    first_on_node: dict[str, ExecutionRecord] = {}
+    for execution in sorted(keep, key=lambda e: (e.created_at, e.id)):
+        if execution.node_id in first_on_node:
+            stop.append((execution.id, "another execution of this service runs on its node"))
+        else:
+            first_on_node[execution.node_id] = execution
+    keep = [e for e in keep if first_on_node[e.node_id] is e]
     if len(keep) > count:  # too many (e.g. after Count was lowered): stop the newest
         extras = sorted(keep, key=lambda e: (e.created_at, e.id))[count:]
         stop.extend((e.id, "more executions than Count") for e in extras)

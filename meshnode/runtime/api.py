@@ -17,6 +17,21 @@ Rules of this module:
   through a pipe).
 - The app is trio-only (it uses trio for threads, pipes and sleeps), as the node is.
 
+Nodes (`/api/v1/orchestrator/nodes`) are every member of the mesh this node knows, itself
+included, in Bacalhau's `NodeState` shape. The mesh's view maps onto Bacalhau's fields so:
+- `Connection` (and Bacalhau 1.6's `ConnectionState.Status`) is "CONNECTED" for an alive
+  member, "DISCONNECTED" for a suspect, dead or departed one; meshnode's own `State` field
+  says which ("alive" | "suspect" | "dead" | "left"), `ConnectionState.LastHeartbeat` when
+  this node last heard from it.
+- `Membership` is the operators' decision: "APPROVED", "REJECTED" (rejected, or deleted and
+  back again). With no decision it is what the schedulers of this node act on: "PENDING"
+  when this node requires approval (`--require-approval`), else "APPROVED", as Bacalhau
+  auto-approves nodes when manual approval is off.
+- Approve/reject/delete is Bacalhau's `PUT /api/v1/orchestrator/nodes/{id}` with
+  `{"NodeID", "Action": "approve"|"reject"|"delete", "Message"}` → `{"Success", "Error"}`;
+  `POST`/`PUT` on `/api/v1/orchestrator/nodes` with the NodeID in the body is the same.
+  An unknown node is a 404, an ambiguous id prefix a 400, as everywhere else.
+
 The log stream (`GET /api/v1/orchestrator/jobs/{id}/logs`) is newline-delimited JSON
 (`application/x-ndjson`), one `api_models.LogRecord` per line:
 `{"Type": "stdout"|"stderr", "Line": "<text without its newline>", "ExecutionID": "e-…"}`.
@@ -36,6 +51,7 @@ import os
 import platform
 import re
 import tarfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,14 +72,15 @@ from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from meshnode.core.membership import Member, MemberState
 from meshnode.core.records import ExecutionRecord, HistoryEvent, JobRecord
 from meshnode.core.resources import ResourceAmounts
 from meshnode.core.selection import constraint_matches
 from meshnode.core.states import ExecutionState
 from meshnode.errors import MeshnodeError, SpecError
 from meshnode.runtime import api_models as wire
-from meshnode.runtime.service import NodeService
-from meshnode.runtime.store import NotFoundError
+from meshnode.runtime.service import MeshService, NodeService
+from meshnode.runtime.store import AmbiguousIdError, NotFoundError
 from meshnode.spec import Constraint, job_from_document
 
 __all__ = [
@@ -108,6 +125,15 @@ _ERROR_CODES: Final = {
 _GOARCH: Final = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 # Go's zero time: Bacalhau's BuildDate is a time, and we do not know our build's.
 _UNKNOWN_BUILD_DATE: Final = "0001-01-01T00:00:00Z"
+_GO_ZERO_TIME: Final = _UNKNOWN_BUILD_DATE
+# Bacalhau's node actions → the decisions the core records.
+_NODE_DECISIONS: Final = {"approve": "approved", "reject": "rejected", "delete": "deleted"}
+_MEMBERSHIP_OF_DECISION: Final = {
+    "approved": "APPROVED",
+    "rejected": "REJECTED",
+    "deleted": "REJECTED",  # deleted, and heard from again: it still gets no work
+}
+MAX_LOGGED_MESSAGE_CHARS: Final = 200
 
 
 class LabelSelectorError(MeshnodeError):
@@ -347,19 +373,28 @@ class _Api:
             return Route(path, _by_method(handlers), methods=list(handlers))
 
         jobs = "/api/v1/orchestrator/jobs"
+        nodes = "/api/v1/orchestrator/nodes"
         return [
             route("/api/v1/agent/alive", {"GET": self.alive}),
             route("/api/v1/agent/version", {"GET": self.version}),
             route("/api/v1/agent/node", {"GET": self.agent_node}),
+            route("/api/v1/agent/mesh", {"GET": self.agent_mesh}),
             route(jobs, {"GET": self.list_jobs, "PUT": self.put_job, "POST": self.put_job}),
             route(jobs + "/{job_id}", {"GET": self.get_job, "DELETE": self.stop_job}),
             route(jobs + "/{job_id}/executions", {"GET": self.job_executions}),
             route(jobs + "/{job_id}/history", {"GET": self.job_history}),
             route(jobs + "/{job_id}/results", {"GET": self.job_results}),
             route(jobs + "/{job_id}/logs", {"GET": self.job_logs}),
-            route("/api/v1/orchestrator/nodes", {"GET": self.list_nodes}),
-            route("/api/v1/orchestrator/nodes/{node_id}", {"GET": self.get_node}),
+            route(
+                nodes,
+                {"GET": self.list_nodes, "PUT": self.update_node, "POST": self.update_node},
+            ),
+            route(
+                nodes + "/{node_id}",
+                {"GET": self.get_node, "PUT": self.update_node, "POST": self.update_node},
+            ),
             route("/api/v1/executions/{execution_id}/results", {"GET": self.results_archive}),
+            route("/api/v1/executions/{execution_id}/logs", {"GET": self.execution_logs}),
             route(
                 "/api/v1/executions/{execution_id}/results/{path:path}",
                 {"GET": self.result_file},
@@ -377,25 +412,43 @@ class _Api:
         return self._json(wire.AliveResponse())
 
     async def version(self, request: Request) -> Response:
-        return self._json(self._build_version())
+        machine = platform.machine().lower()
+        version = _build_version(
+            self._service.agent.version,
+            goos=platform.system().lower(),
+            goarch=_GOARCH.get(machine, machine),
+        )
+        return self._json(version)
 
     async def agent_node(self, request: Request) -> Response:
-        return self._json(self._node_state().info)
+        return self._json(self._own_state(time.time()).info)
+
+    async def agent_mesh(self, request: Request) -> Response:
+        service = self._service
+        own_id = service.node_info.id
+        if not isinstance(service, MeshService):
+            info = wire.MeshInfo(
+                node_id=own_id, addresses=(), connected_peers=(), members={"alive": 1}, stats={}
+            )
+            return self._json(info)
+        counts = dict.fromkeys((state.value for state in MemberState), 0)
+        counts[MemberState.ALIVE.value] += 1  # this node
+        for member in service.core.members():
+            if member.id != own_id:
+                counts[member.state.value] += 1
+        info = wire.MeshInfo(
+            node_id=own_id,
+            addresses=tuple(service.listen_addrs()),
+            connected_peers=tuple(sorted(service.connected_peers())),
+            members=counts,
+            stats=service.mesh_stats(),
+        )
+        return self._json(info)
 
     # --- jobs --------------------------------------------------------------------------
 
     async def put_job(self, request: Request) -> Response:
-        body = bytearray()
-        async for chunk in request.stream():  # _BodyLimit bounds what arrives
-            body += chunk
-        if not body.strip():
-            raise _HttpError(400, 'the body is empty; send {"Job": {...}}')
-        try:
-            document = msgspec.json.decode(body)
-        except msgspec.DecodeError as error:
-            raise _HttpError(400, f"the body is not valid JSON: {error}") from None
-        except RecursionError:
-            raise _HttpError(400, "the body is not valid JSON: nested too deeply") from None
+        document = await _json_body(request, example='{"Job": {...}}')
         spec = job_from_document(_job_document(document))
         result = await self._service.submit(spec)
         return self._json(
@@ -555,7 +608,7 @@ class _Api:
     async def job_results(self, request: Request) -> Response:
         job = self._service.store.job(request.path_params["job_id"])
         results = [
-            self._published_result(request, execution.id)
+            self._published_result(request, execution.id, execution.node_id)
             for execution in self._service.store.executions_of(job.id)
             if execution.state is ExecutionState.COMPLETED
         ]
@@ -570,11 +623,42 @@ class _Api:
             if not executions:
                 raise NotFoundError(f"job {job.id} has no execution {wanted!r}")
         follow = _query_bool(request, "follow", default=False)
+        here = self._service.node_info.id
+        local = [e for e in executions if e.node_id == here or not isinstance(
+            self._service, MeshService)]  # fmt: skip
+        remote = [e for e in executions if e not in local]
         files = [
             _LogFile(execution.id, kind, self._service.execution_dir(execution.id) / kind)
-            for execution in executions
+            for execution in local
             for kind in ("stdout", "stderr")
         ]
+        if not remote:
+            return StreamingResponse(
+                self._log_records(files, follow=follow),
+                media_type="application/x-ndjson",
+                headers={"Cache-Control": "no-cache"},
+            )
+        service = self._service
+        assert isinstance(service, MeshService)
+        sources = [self._log_records(files, follow=follow)] if files else []
+        sources += [
+            service.remote_logs(e.node_id, e.id, follow=follow and e.active) for e in remote
+        ]
+        return StreamingResponse(
+            _merged(sources),
+            media_type="application/x-ndjson",
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    async def execution_logs(self, request: Request) -> Response:
+        """The logs of an execution that ran on this node, whoever holds its job: what the
+        job's requester streams from here when a job's executions ran on several nodes."""
+        execution_id = request.path_params["execution_id"]
+        directory = self._service.execution_dir(execution_id)
+        if not directory.is_dir():
+            raise NotFoundError(f"execution {execution_id} left no logs on this node")
+        follow = _query_bool(request, "follow", default=False)
+        files = [_LogFile(execution_id, kind, directory / kind) for kind in ("stdout", "stderr")]
         return StreamingResponse(
             self._log_records(files, follow=follow),
             media_type="application/x-ndjson",
@@ -622,32 +706,42 @@ class _Api:
 
     # --- results -------------------------------------------------------------------------
 
-    def _published_result(self, request: Request, execution_id: str) -> wire.SpecConfig:
-        # The address the client reached us by: the node may listen on 0.0.0.0.
+    def _published_result(
+        self, request: Request, execution_id: str, node_id: str
+    ) -> wire.SpecConfig:
+        # The address the client reached us by: the node may listen on 0.0.0.0. The files
+        # are on the node that ran it: `node` lets any node's API route there.
         base = str(request.base_url).rstrip("/")
-        url = f"{base}/api/v1/executions/{execution_id}/results"
+        url = f"{base}/api/v1/executions/{execution_id}/results?node={node_id}"
         return wire.SpecConfig(type="local", params={"URL": url})
 
-    def _ended_execution(self, request: Request) -> ExecutionRecord:
+    def _ended_execution(self, request: Request) -> str:
         """Results are served once an execution has ended: before, its files still change
-        (and a file that grows while it is sent would break its Content-Length)."""
-        execution = self._service.store.execution(request.path_params["execution_id"])
-        if self._service.is_execution_live(execution.id):
+        (and a file that grows while it is sent would break its Content-Length). The node
+        that ran it may hold no record of its job (another node is the requester): then its
+        folder is what says it ran here."""
+        execution_id = request.path_params["execution_id"]
+        try:
+            execution_id = self._service.store.execution(execution_id).id
+        except NotFoundError:
+            if not self._service.execution_dir(execution_id).is_dir():
+                raise
+        if self._service.is_execution_live(execution_id):
             raise _HttpError(
-                409, f"execution {execution.id} is still running; its results come when it ends"
+                409, f"execution {execution_id} is still running; its results come when it ends"
             )
-        return execution
+        return execution_id
 
     async def results_archive(self, request: Request) -> Response:
-        execution = self._ended_execution(request)
-        directory = self._service.execution_dir(execution.id)
+        execution_id = self._ended_execution(request)
+        directory = self._service.execution_dir(execution_id)
         if not directory.is_dir():
-            raise NotFoundError(f"execution {execution.id} left no results on this node")
-        return _ArchiveResponse(directory, filename=f"{execution.id}.tar.gz")
+            raise NotFoundError(f"execution {execution_id} left no results on this node")
+        return _ArchiveResponse(directory, filename=f"{execution_id}.tar.gz")
 
     async def result_file(self, request: Request) -> Response:
-        execution = self._ended_execution(request)
-        base = self._service.execution_dir(execution.id).resolve()
+        execution_id = self._ended_execution(request)
+        base = self._service.execution_dir(execution_id).resolve()
         relative = request.path_params["path"]
         try:
             target = (base / relative).resolve()
@@ -657,13 +751,12 @@ class _Api:
         if not target.is_relative_to(base) or target == base:
             raise _HttpError(400, f"{relative!r} is outside the execution's results")
         if not target.is_file():
-            raise NotFoundError(f"execution {execution.id} has no result file {relative!r}")
+            raise NotFoundError(f"execution {execution_id} has no result file {relative!r}")
         return FileResponse(target)
 
     # --- nodes ---------------------------------------------------------------------------
 
     async def list_nodes(self, request: Request) -> Response:
-        state = self._node_state()
         selector = _label_constraints(request)
         status = request.query_params.get("filter-status", "").upper()
         approval = (
@@ -671,22 +764,140 @@ class _Api:
             or request.query_params.get("filter_approval")
             or ""
         ).upper()
-        keep = (
-            all(constraint_matches(c, state.info.labels) for c in selector)
-            and status in ("", state.connection)
+        order_by = request.query_params.get("order_by", "")
+        if order_by not in _NODE_ORDER:
+            raise _HttpError(
+                400, f"order_by {order_by!r} is not one of {', '.join(sorted(_NODE_ORDER)[1:])}"
+            )
+        nodes = [
+            state
+            for state in self._node_states(time.time())
+            if status in ("", state.connection)
             and approval in ("", state.membership)
+            and all(constraint_matches(c, state.info.labels) for c in selector)
+        ]
+        nodes.sort(key=lambda state: state.info.node_id)
+        nodes.sort(
+            key=_NODE_ORDER[order_by], reverse=_query_bool(request, "reverse", default=False)
         )
-        nodes = (state,) if keep else ()
-        return self._json(wire.ListNodesResponse(items=nodes, nodes=nodes))
+        # Bacalhau answers every node in one page; so do we, up to a bound, then pages.
+        limit = _query_int(request, "limit", default=0)
+        limit = min(limit, MAX_PAGE_LIMIT) if limit else MAX_PAGE_LIMIT
+        offset = _node_offset(request.query_params.get("next_token", ""))
+        page = tuple(nodes[offset : offset + limit])
+        next_token = ""
+        if offset + limit < len(nodes):
+            next_token = _encode_node_offset(offset + limit)
+        return self._json(wire.ListNodesResponse(items=page, nodes=page, next_token=next_token))
 
     async def get_node(self, request: Request) -> Response:
         wanted = request.path_params["node_id"]
-        state = self._node_state()
-        if not wanted or not state.info.node_id.startswith(wanted):
+        states = self._node_states(time.time())
+        full_id = _resolve_node_id(wanted, [state.info.node_id for state in states])
+        if full_id is None:
             raise NotFoundError(f"no node with id {wanted!r}")
+        (state,) = [state for state in states if state.info.node_id == full_id]
         return self._json(wire.GetNodeResponse(node=state))
 
-    def _node_state(self) -> wire.NodeState:
+    async def update_node(self, request: Request) -> Response:
+        """Bacalhau's node actions: approve, reject, delete."""
+        document = await _json_body(
+            request, example='{"NodeID": "...", "Action": "approve", "Message": "..."}'
+        )
+        if not isinstance(document, dict):
+            raise _HttpError(400, 'the body must be a JSON object: {"NodeID", "Action"}')
+        fields = {str(k).lower(): v for k, v in document.items()}
+        body_id, action, message = (fields.get(k) or "" for k in ("nodeid", "action", "message"))
+        if not all(isinstance(value, str) for value in (body_id, action, message)):
+            raise _HttpError(400, "NodeID, Action and Message must be strings")
+        path_id = request.path_params.get("node_id", "")
+        if path_id and body_id and path_id != body_id:
+            raise _HttpError(400, f"NodeID {body_id!r} in the body is not {path_id!r} of the path")
+        wanted = path_id or body_id
+        if not wanted:
+            raise _HttpError(400, "missing node id: send NodeID in the body or the path")
+        decision = _NODE_DECISIONS.get(action.lower())
+        if decision is None:
+            raise _HttpError(400, f"Action {action!r} is not one of approve, reject, delete")
+        service = self._service
+        if not isinstance(service, MeshService):
+            raise _HttpError(400, "this node runs without a mesh: there is no node to approve")
+        known = [service.node_info.id, *(m.id for m in service.core.members())]
+        # A node nobody knows any more (deleted, forgotten) may still have a decision on
+        # record: an unmatched id goes to the core as it is, which says if it is unknown.
+        full_id = _resolve_node_id(wanted, known) or wanted
+        result = await service.decide_approval(full_id, decision)
+        LOGGER.info("API: %s; operator's message: %r", result, message[:MAX_LOGGED_MESSAGE_CHARS])
+        return self._json(wire.PutNodeResponse(success=True, message=result))
+
+    def _node_states(self, now_s: float) -> list[wire.NodeState]:
+        """This node and every member of the mesh it knows."""
+        own = self._own_state(now_s)
+        service = self._service
+        if not isinstance(service, MeshService):
+            return [own]
+        core = service.core
+        require_approval = core.params.requester.require_approval
+        states = [own]
+        for member in core.members():
+            if member.id == own.info.node_id:
+                continue
+            decision = core.membership.approval_of(member.id)
+            states.append(
+                self._member_state(member, _membership(decision, require_approval=require_approval))
+            )
+        return states
+
+    def _member_state(self, member: Member, membership: str) -> wire.NodeState:
+        info = member.info
+        labels = dict(info.node.labels) if info is not None else {}
+        compute = None
+        node_type = "Compute"
+        if info is not None and "compute" not in info.roles:
+            node_type = "Requester"
+        elif info is not None:
+            node = info.node
+            compute = wire.ComputeNodeInfo(
+                execution_engines=node.engines,
+                publishers=node.publishers,
+                storage_sources=node.input_types,
+                max_capacity=_resources_out(node.capacity),
+                # Members advertise what is free, not what waits for it.
+                queue_capacity=_resources_out(ResourceAmounts()),
+                available_capacity=_resources_out(_floor_zero(info.free)),
+                max_job_requirements=_resources_out(node.capacity),
+                running_executions=info.running,
+                enqueued_executions=0,
+            )
+        alive = member.state is MemberState.ALIVE
+        since = _rfc3339(member.state_since) if member.state_since > 0 else _GO_ZERO_TIME
+        return wire.NodeState(
+            info=wire.NodeInfo(
+                node_id=member.id,
+                node_type=node_type,
+                labels=labels,
+                compute_node_info=compute,
+                bacalhau_version=_build_version(
+                    info.version if info is not None else "",
+                    goos=labels.get("Operating-System", ""),
+                    goarch=labels.get("Architecture", ""),
+                ),
+                addresses=info.addrs if info is not None else (),
+            ),
+            membership=membership,
+            connection="CONNECTED" if alive else "DISCONNECTED",
+            connection_state=wire.ConnectionState(
+                status="CONNECTED" if alive else "DISCONNECTED",
+                last_heartbeat=(
+                    _rfc3339(member.last_seen) if member.last_seen > 0 else _GO_ZERO_TIME
+                ),
+                connected_since=since if alive else _GO_ZERO_TIME,
+                disconnected_since=_GO_ZERO_TIME if alive else since,
+            ),
+            state=member.state.value,
+        )
+
+    def _own_state(self, now_s: float) -> wire.NodeState:
         info = self._service.node_info
         _, executions = self._service.store.live_state()
         running = [e for e in executions if e.running]
@@ -708,28 +919,37 @@ class _Api:
             running_executions=len(running),
             enqueued_executions=len(waiting),
         )
+        service = self._service
+        membership = "APPROVED"
+        addresses: tuple[str, ...] = ()
+        if isinstance(service, MeshService):
+            core = service.core
+            membership = _membership(
+                core.membership.approval_of(info.id),
+                require_approval=core.params.requester.require_approval,
+            )
+            addresses = tuple(service.listen_addrs())
+        machine = platform.machine().lower()
         return wire.NodeState(
             info=wire.NodeInfo(
                 node_id=info.id,
                 node_type="Compute",
                 labels=dict(info.labels),
                 compute_node_info=compute,
-                bacalhau_version=self._build_version(),
-            )
-        )
-
-    def _build_version(self) -> wire.BuildVersionInfo:
-        version = self._service.agent.version
-        parts = re.findall(r"\d+", version)
-        machine = platform.machine().lower()
-        return wire.BuildVersionInfo(
-            major=parts[0] if parts else "0",
-            minor=parts[1] if len(parts) > 1 else "0",
-            git_version=f"v{version}",
-            git_commit="",
-            build_date=_UNKNOWN_BUILD_DATE,
-            goos=platform.system().lower(),
-            goarch=_GOARCH.get(machine, machine),
+                bacalhau_version=_build_version(
+                    service.agent.version,
+                    goos=platform.system().lower(),
+                    goarch=_GOARCH.get(machine, machine),
+                ),
+                addresses=addresses,
+            ),
+            membership=membership,
+            connection_state=wire.ConnectionState(
+                status="CONNECTED",
+                last_heartbeat=_rfc3339(now_s),
+                connected_since=_rfc3339(service.agent.started_at),
+                disconnected_since=_GO_ZERO_TIME,
+            ),
         )
 
     # --- mapping records to Bacalhau's shapes --------------------------------------------
@@ -746,7 +966,7 @@ class _Api:
                 run_output = wire.RunCommandResult(exit_code=exit_code, error_msg=record.error)
             published = None
             if record.state is ExecutionState.COMPLETED:
-                published = self._published_result(request, record.id)
+                published = self._published_result(request, record.id, record.node_id)
             out.append(
                 wire.Execution(
                     id=record.id,
@@ -776,7 +996,7 @@ class _Api:
         node_of = {e.id: e.node_id for e in self._service.store.executions_of(job.id)}
         out = []
         for event in events:
-            time = _rfc3339(event.time)
+            at = _rfc3339(event.time)
             job_level = event.kind == "job"
             item = wire.JobHistory(
                 type="JobLevel" if job_level else "ExecutionLevel",
@@ -798,11 +1018,90 @@ class _Api:
                 ),
                 new_revision=event.revision,
                 comment=event.message,
-                event=wire.HistoryEvent(message=event.message, topic="", timestamp=time),
-                time=time,
+                event=wire.HistoryEvent(message=event.message, topic="", timestamp=at),
+                time=at,
             )
             out.append(item)
         return tuple(out)
+
+
+def _build_version(version: str, *, goos: str, goarch: str) -> wire.BuildVersionInfo:
+    parts = re.findall(r"\d+", version)
+    return wire.BuildVersionInfo(
+        major=parts[0] if parts else "0",
+        minor=parts[1] if len(parts) > 1 else "0",
+        git_version=f"v{version}" if version else "",
+        git_commit="",
+        build_date=_UNKNOWN_BUILD_DATE,
+        goos=goos,
+        goarch=goarch,
+    )
+
+
+# --- nodes -----------------------------------------------------------------------------------
+
+
+def _membership(decision: str, *, require_approval: bool) -> str:
+    """Bacalhau's Membership for the core's approval decision (see the module header)."""
+    if decision in _MEMBERSHIP_OF_DECISION:
+        return _MEMBERSHIP_OF_DECISION[decision]
+    return "PENDING" if require_approval else "APPROVED"
+
+
+def _resolve_node_id(wanted: str, node_ids: Iterable[str]) -> str | None:
+    """The one id `wanted` is, or is a prefix of; None when none is."""
+    ids = list(node_ids)
+    if not wanted:
+        return None
+    if wanted in ids:
+        return wanted
+    matches = sorted({node_id for node_id in ids if node_id.startswith(wanted)})
+    if len(matches) > 1:
+        shown = ", ".join(matches[:5]) + (", …" if len(matches) > 5 else "")
+        raise AmbiguousIdError(
+            f"node id prefix {wanted!r} matches {len(matches)} nodes ({shown}); give more of it"
+        )
+    return matches[0] if matches else None
+
+
+def _available(state: wire.NodeState) -> wire.Resources:
+    compute = state.info.compute_node_info
+    return compute.available_capacity if compute is not None else wire.Resources()
+
+
+# Bacalhau's order_by values for nodes; available capacity sorts most first, as Bacalhau does.
+_NODE_ORDER: Final[dict[str, Callable[[wire.NodeState], str | float]]] = {
+    "": lambda state: state.info.node_id,
+    "id": lambda state: state.info.node_id,
+    "type": lambda state: state.info.node_type,
+    "available_cpu": lambda state: -_available(state).cpu,
+    "available_memory": lambda state: -_available(state).memory,
+    "available_disk": lambda state: -_available(state).disk,
+    "available_gpu": lambda state: -_available(state).gpu,
+    "approval": lambda state: state.membership,
+    "status": lambda state: state.membership,
+}
+_NODE_TOKEN_PREFIX: Final = "nodes:"
+
+
+def _encode_node_offset(offset: int) -> str:
+    text = f"{_NODE_TOKEN_PREFIX}{offset}".encode()
+    return base64.urlsafe_b64encode(text).decode().rstrip("=")
+
+
+def _node_offset(token: str) -> int:
+    """Where a page of nodes starts. The list can change between pages (members come and
+    go); a node may then be missed or shown twice, as in any listing of a live set."""
+    if not token:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (binascii.Error, ValueError):
+        text = ""
+    number = text.removeprefix(_NODE_TOKEN_PREFIX)
+    if not text.startswith(_NODE_TOKEN_PREFIX) or not number.isdigit() or len(number) > 9:
+        raise _HttpError(400, "next_token is not a token this node gave out")
+    return int(number)
 
 
 def _most_recent(executions: list[ExecutionRecord]) -> list[ExecutionRecord]:
@@ -874,6 +1173,21 @@ def _rfc3339(seconds: float) -> str:
 
 
 # --- reading requests ------------------------------------------------------------------------
+
+
+async def _json_body(request: Request, *, example: str) -> object:
+    """The request's JSON body (`_BodyLimit` bounds what arrives)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+    if not body.strip():
+        raise _HttpError(400, f"the body is empty; send {example}")
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError as error:
+        raise _HttpError(400, f"the body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise _HttpError(400, "the body is not valid JSON: nested too deeply") from None
 
 
 def _job_document(document: object) -> dict[str, object]:
@@ -1108,3 +1422,22 @@ def _write_archive(directory: Path, pipe: IO[bytes]) -> None:
     finally:
         with contextlib.suppress(BrokenPipeError):
             pipe.close()
+
+
+async def _merged(sources: list[AsyncIterator[bytes]]) -> AsyncIterator[bytes]:
+    """Interleave whole-line chunks from several streams as they come (logs of executions
+    on several nodes, followed at once)."""
+    send, receive = trio.open_memory_channel[bytes](64)
+
+    async def pump(source: AsyncIterator[bytes], out: trio.MemorySendChannel[bytes]) -> None:
+        async with out:
+            async for chunk in source:
+                await out.send(chunk)
+
+    async with trio.open_nursery() as nursery:
+        async with send:
+            for source in sources:
+                nursery.start_soon(pump, source, send.clone())
+        async with receive:
+            async for chunk in receive:
+                yield chunk

@@ -31,6 +31,7 @@ __all__ = [
     "ApiProblem",
     "BuildVersionInfo",
     "ComputeNodeInfo",
+    "ConnectionState",
     "Execution",
     "ExecutionStateChange",
     "ExecutionStateOf",
@@ -44,10 +45,12 @@ __all__ = [
     "ListNodesResponse",
     "ListResponse",
     "LogRecord",
+    "MeshInfo",
     "NodeInfo",
     "NodeState",
     "PageCursor",
     "PutJobResponse",
+    "PutNodeResponse",
     "Resources",
     "RunCommandResult",
     "SpecConfig",
@@ -237,12 +240,28 @@ class NodeInfo(_Wire, frozen=True, kw_only=True):
     labels: dict[str, str]
     compute_node_info: ComputeNodeInfo | None
     bacalhau_version: BuildVersionInfo
+    # Not in Bacalhau's shape (its clients ignore it): where the node's libp2p host listens,
+    # as full multiaddrs (`/ip4/…/tcp/…/p2p/<NodeID>`), what another node's --peers takes.
+    addresses: tuple[str, ...] = ()
+
+
+class ConnectionState(_Wire, frozen=True, kw_only=True):
+    """Bacalhau ≥ 1.6's `NodeState.ConnectionState` (its CLI reads `Status` from here)."""
+
+    status: str  # "CONNECTED" | "DISCONNECTED"
+    last_heartbeat: str  # RFC 3339: when this node last heard from it
+    connected_since: str  # Go's zero time when not connected
+    disconnected_since: str
 
 
 class NodeState(_Wire, frozen=True, kw_only=True):
     info: NodeInfo
+    # "APPROVED" | "PENDING" | "REJECTED" (see api.py for how meshnode's decisions map).
     membership: str = "APPROVED"
-    connection: str = "CONNECTED"
+    connection: str = "CONNECTED"  # Bacalhau ≤ 1.5's place; ConnectionState.Status after
+    connection_state: ConnectionState | None = None
+    # Not in Bacalhau's shape: the mesh's view, "alive" | "suspect" | "dead" | "left".
+    state: str = "alive"
 
 
 class ListNodesResponse(_Wire, frozen=True, kw_only=True):
@@ -255,6 +274,25 @@ class ListNodesResponse(_Wire, frozen=True, kw_only=True):
 
 class GetNodeResponse(_Wire, frozen=True, kw_only=True):
     node: NodeState = msgspec.field(name="node")  # the Python client's spelling, see above
+
+
+class PutNodeResponse(_Wire, frozen=True, kw_only=True):
+    """The answer to an approve/reject/delete (Bacalhau's `PutNodeResponse`)."""
+
+    success: bool
+    error: str = ""
+    # Not in Bacalhau's shape: what the node did ("node 12D3KooW… approved").
+    message: str = ""
+
+
+class MeshInfo(_Wire, frozen=True, kw_only=True):
+    """`GET /api/v1/agent/mesh` (meshnode's own): this node's view of the mesh."""
+
+    node_id: str = msgspec.field(name="NodeID")
+    addresses: tuple[str, ...]
+    connected_peers: tuple[str, ...]
+    members: dict[str, int]  # how many nodes are alive, suspect, dead, left (this one too)
+    stats: dict[str, int]  # counters of the core, membership, transport and forwarding
 
 
 class AliveResponse(_Wire, frozen=True, kw_only=True):

@@ -8,14 +8,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from meshnode.core.policy import Policy
 
-__all__ = ["DEFAULT_API_HOST", "DEFAULT_API_PORT", "NodeConfig", "default_data_dir"]
+if TYPE_CHECKING:
+    from meshnode.runtime.transport import TransportConfig
+
+__all__ = [
+    "DEFAULT_API_HOST",
+    "DEFAULT_API_PORT",
+    "DEFAULT_SWARM_PORT",
+    "NodeConfig",
+    "default_data_dir",
+]
 
 DEFAULT_API_HOST: Final = "127.0.0.1"
 DEFAULT_API_PORT: Final = 1234
+DEFAULT_SWARM_PORT: Final = 1235  # Bacalhau's libp2p port
 
 
 def default_data_dir() -> Path:
@@ -44,3 +54,24 @@ class NodeConfig:
     # Where the wasm engine looks for Docker; None: the environment's DOCKER_HOST or default.
     docker_host: str | None = None
     enable_docker: bool = True
+    # --- the mesh ---
+    swarm_host: str = "0.0.0.0"
+    swarm_port: int = DEFAULT_SWARM_PORT  # 0 picks a free port (tests)
+    peers: tuple[str, ...] = ()  # --peers: bootstrap multiaddrs ending in /p2p/<id>
+    swarm_key: bytes | None = None  # --swarm-key FILE, parsed: a private mesh
+    enable_mdns: bool = True
+    require_approval: bool = False
+    bid_probe_exec: str | None = None  # --bid-probe-exec CMD
+    accept_networked_jobs: bool = True
+    replicas: int = 3  # requester replica set size (R)
+
+    def transport_config(self) -> TransportConfig:
+        from meshnode.runtime.transport import TransportConfig  # imports libp2p: node only
+
+        return TransportConfig(
+            listen_host=self.swarm_host,
+            swarm_port=self.swarm_port,
+            bootstrap=self.peers,
+            swarm_key=self.swarm_key,
+            enable_mdns=self.enable_mdns,
+        )

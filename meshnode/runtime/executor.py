@@ -11,6 +11,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +37,9 @@ OUTPUTS_TARGET: Final = "/outputs"
 SUPPORTED_PUBLISHERS: Final = ("local", "noop")
 
 
+_EXECUTION_ID: Final = re.compile(r"e-[0-9a-f-]{1,64}")
+
+
 class Executor:
     def __init__(
         self, *, data_dir: Path, engines: Mapping[str, Engine], inputs: InputPreparer
@@ -46,6 +50,9 @@ class Executor:
         self._inputs = inputs
 
     def execution_dir(self, execution_id: str) -> Path:
+        # Ids come from URLs too: only an id's shape may name a folder (no `..`, no `/`).
+        if not _EXECUTION_ID.fullmatch(execution_id):
+            return self._executions_root / "not-an-execution-id"
         return self._executions_root / execution_id
 
     async def run(self, execution: ExecutionRecord, job: JobRecord) -> RunOutcome:

@@ -10,8 +10,13 @@ Rules of this module:
 - Crash recovery on start: executions the store says were running are re-attached when their
   container still runs (Docker) and reported lost otherwise (the core retries or restarts
   them as their job type says); meshnode containers nobody knows are removed.
-- A graceful stop (SIGINT/SIGTERM) cancels everything and reports nothing more to the core:
-  the next start finds those executions lost and handles them like a crash.
+- A graceful stop (SIGINT/SIGTERM) tells the mesh the node leaves, then cancels everything
+  and reports nothing more to the core: the next start finds those executions lost and
+  handles them like a crash.
+- The mesh: a libp2p host (`transport.MeshTransport`) carries the core's messages (frames in,
+  `Send`/`Publish` out) and the API's forwarded queries (`forwarding`). Requests from the API
+  (submit, stop, approve) are events whose answers arrive as commands, possibly steps later
+  (after the job's requester on another node answered): each waits on its own `_Waiter`.
 """
 
 from __future__ import annotations
@@ -23,25 +28,39 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
+import msgspec
 import trio
 from msgspec.structs import replace
 
 from meshnode import __version__
+from meshnode.core.compute import ComputeParams
+from meshnode.core.messages import Ack, Announce, Ping, PingReq, PushPull, encode
 from meshnode.core.node import (
+    ApproveNode,
+    BidProbeDone,
     Command,
+    CoreParams,
     Event,
     ExecutionEnded,
+    GossipReceived,
     JobAccepted,
+    Leave,
+    MessageReceived,
     NodeChanged,
     NodeCore,
+    PeerDiscovered,
     Persist,
+    Publish,
     Recovered,
     Reply,
+    RunBidProbe,
+    Send,
     StartExecution,
     StopExecution,
     StopJob,
@@ -49,12 +68,20 @@ from meshnode.core.node import (
     Tick,
 )
 from meshnode.core.records import ExecutionRecord, JobRecord, NodeInfo
+from meshnode.core.requester import RequesterParams
 from meshnode.core.resources import ResourceAmounts
 from meshnode.engines.base import Engine, ExecutionError
 from meshnode.errors import MeshnodeError
 from meshnode.runtime.config import NodeConfig
 from meshnode.runtime.executor import SUPPORTED_PUBLISHERS, Executor
-from meshnode.runtime.identity import load_or_create_identity
+from meshnode.runtime.forwarding import (
+    PROXY_FRAME,
+    ApiForwarder,
+    ForwardError,
+    MeshRouter,
+    RouteDecision,
+)
+from meshnode.runtime.identity import Identity, load_or_create_identity
 from meshnode.runtime.inputs import NOT_YET, InputPreparer
 from meshnode.runtime.service import AgentInfo, SubmitResult
 from meshnode.runtime.store import NotFoundError, Store
@@ -66,6 +93,9 @@ from meshnode.runtime.sysinfo import (
     engine_labels,
 )
 from meshnode.spec import Job
+
+if TYPE_CHECKING:
+    from meshnode.runtime.transport import MeshTransport
 
 __all__ = ["Node", "run_node"]
 
@@ -79,8 +109,21 @@ NOT_YET_FEATURES: Final = {
     "publisher s3": NOT_YET,
 }
 ENGINE_RECHECK_S: Final = 30.0
+# How long an API request waits for the mesh's answer (the job's requester may be elsewhere).
+REQUEST_TIMEOUT_S: Final = 20.0
+BID_PROBE_TIMEOUT_S: Final = 10.0
+# After a restart with peers to find, role decisions wait this long for the mesh view.
+SETTLE_S: Final = 3.0
+LEAVE_GRACE_S: Final = 0.3
+MEMBERSHIP_MESSAGES: Final = (Ping, Ack, PingReq, PushPull, Announce)
 # A deadline in the past is re-checked no faster than this (guards against a busy loop).
 MIN_TIMER_S: Final = 0.005
+
+
+@dataclass(slots=True)
+class _Waiter:
+    event: trio.Event = field(default_factory=trio.Event)
+    answer: Command | None = None
 
 
 class Node:
@@ -94,17 +137,32 @@ class Node:
         node_info: NodeInfo,
         engines: Mapping[str, Engine],
         started_at: float,
+        identity: Identity | None = None,
     ) -> None:
         self._config = config
         self._store = store
         self._engines = dict(engines)
         self._started_at = started_at
+        self._identity = identity
         self._api_address = ""
         jobs, executions = store.live_state()
+        params = CoreParams(
+            requester=RequesterParams(
+                replicas=config.replicas, require_approval=config.require_approval
+            ),
+            compute=ComputeParams(accept_networked=config.accept_networked_jobs),
+            bid_probe=config.bid_probe_exec is not None,
+            settle_s=SETTLE_S if config.peers else 0.0,
+        )
         self._core = NodeCore(
             node_info, rng=random.SystemRandom(), policy=config.policy, jobs=jobs,
-            executions=executions,
+            executions=executions, runs=store.runs(), approvals=store.approvals(),
+            params=params, version=__version__, now=time.time(),
         )  # fmt: skip
+        self._transport: MeshTransport | None = None
+        self.forwarder = ApiForwarder(self._send_frame, lambda: self._api_address)
+        self._waiters: dict[str, _Waiter] = {}
+        self._bytes_sent: dict[str, int] = {}
         self._executor = Executor(
             data_dir=config.data_dir,
             engines=self._engines,
@@ -116,7 +174,6 @@ class Node:
         )
         self._nursery: trio.Nursery | None = None
         self._scopes: dict[str, trio.CancelScope] = {}
-        self._replies: dict[str, Command] = {}
         self._timer_changed = trio.Event()
         self._stopping = False
 
@@ -143,30 +200,154 @@ class Node:
         return self._core.used_resources()
 
     async def submit(self, spec: Job) -> SubmitResult:
-        request_id = uuid.uuid4().hex
-        self._step(SubmitJob(request_id, spec))
-        answer = self._replies.pop(request_id)
+        answer = await self._request(lambda request_id: SubmitJob(request_id, spec))
+        if isinstance(answer, Reply):
+            raise MeshnodeError(f"the job was not accepted: {answer.message}")
         assert isinstance(answer, JobAccepted), answer
         return SubmitResult(answer.job_id, answer.evaluation_id, answer.warnings)
 
     async def stop(self, job_id: str, reason: str) -> str:
-        job = self._store.job(job_id)  # NotFoundError for an unknown id
-        if job.state.terminal:
-            return f"job {job.id} had already ended ({job.state.value})"
-        request_id = uuid.uuid4().hex
-        self._step(StopJob(request_id, job.id, reason))
-        answer = self._replies.pop(request_id)
+        try:
+            job = self._store.job(job_id)
+        except NotFoundError:
+            if not job_id.startswith("j-") or len(job_id) < 38:
+                raise
+        else:
+            held = self._core.job(job.id)
+            if job.state.terminal and held is None:
+                return f"job {job.id} had already ended ({job.state.value})"
+            job_id = job.id
+        answer = await self._request(lambda request_id: StopJob(request_id, job_id, reason))
         assert isinstance(answer, Reply), answer
         if not answer.ok:
             raise NotFoundError(answer.message)
         return answer.message
 
+    async def decide_approval(self, node_id: str, decision: str) -> str:
+        matches = [m.id for m in self._core.members() if m.id.startswith(node_id)]
+        if self._core.node_id.startswith(node_id):
+            matches.append(self._core.node_id)
+        if len(matches) == 1:
+            node_id = matches[0]
+        answer = await self._request(lambda request_id: ApproveNode(request_id, node_id, decision))
+        assert isinstance(answer, Reply), answer
+        if not answer.ok:
+            raise NotFoundError(answer.message)
+        return answer.message
+
+    async def _request(self, make: Callable[[str], Event]) -> Command:
+        request_id = uuid.uuid4().hex
+        waiter = _Waiter()
+        self._waiters[request_id] = waiter
+        try:
+            self._step(make(request_id))
+            with trio.move_on_after(REQUEST_TIMEOUT_S):
+                await waiter.event.wait()
+        finally:
+            self._waiters.pop(request_id, None)
+        if waiter.answer is None:
+            raise MeshnodeError(
+                f"the mesh did not answer within {REQUEST_TIMEOUT_S:g} s; try again"
+            )
+        return waiter.answer
+
+    # --- the mesh ---------------------------------------------------------------------------
+
+    @property
+    def core(self) -> NodeCore:
+        return self._core
+
+    def listen_addrs(self) -> list[str]:
+        return self._transport.listen_addrs() if self._transport else []
+
+    def connected_peers(self) -> list[str]:
+        return self._transport.connected_peers() if self._transport else []
+
+    def mesh_stats(self) -> dict[str, int]:
+        stats = dict(self._core.stats)
+        stats.update({f"membership_{k}": v for k, v in self._core.membership.stats.items()})
+        stats.update({f"requester_{k}": v for k, v in self._core.requester.stats.items()})
+        stats.update({f"compute_{k}": v for k, v in self._core.compute.stats.items()})
+        stats.update({f"forwarding_{k}": v for k, v in self.forwarder.stats.items()})
+        stats.update({f"bytes_sent_{k}": v for k, v in self._bytes_sent.items()})
+        if self._transport is not None:
+            stats.update({f"transport_{k}": v for k, v in self._transport.stats.items()})
+        return stats
+
+    def route_job(self, job_ref: str) -> RouteDecision:
+        """Where questions about a job are answered: its primary requester, or here when this
+        node is that primary, or holds the job's final record."""
+        try:
+            job = self._store.job(job_ref)
+        except MeshnodeError:
+            full = job_ref.startswith("j-") and len(job_ref) >= 38
+            primary = self._core.primary_of(job_ref) if full else None
+            if primary and primary != self._core.node_id:
+                return RouteDecision(peer=primary)
+            return RouteDecision(search=True)
+        if self._core.requester.is_primary(job.id):
+            return RouteDecision()
+        if job.state.terminal and self._core.job(job.id) is None:
+            return RouteDecision()  # a final record does not change any more
+        primary = self._core.primary_of(job.id)
+        if primary and primary != self._core.node_id:
+            return RouteDecision(peer=primary)
+        return RouteDecision()
+
+    def route_execution(self, node_id: str) -> RouteDecision:
+        if node_id == self._core.node_id or not self._core.membership.is_reachable(node_id):
+            return RouteDecision()
+        return RouteDecision(peer=node_id)
+
+    def reachable_peers(self) -> list[str]:
+        own = self._core.node_id
+        return [n for n in self._core.membership.reachable_ids() if n != own]
+
+    async def remote_logs(
+        self, node_id: str, execution_id: str, *, follow: bool
+    ) -> AsyncIterator[bytes]:
+        target = f"/api/v1/executions/{execution_id}/logs?follow={'true' if follow else 'false'}"
+        try:
+            status, _, chunks = await self.forwarder.request(node_id, "GET", target, [], b"")
+        except ForwardError as error:
+            LOGGER.info("logs of %s from node %s: %s", execution_id, node_id, error)
+            return
+        if status != 200:
+            async for _ in chunks:
+                pass
+            return
+        partial = b""
+        try:
+            async for chunk in chunks:
+                partial += chunk
+                lines, _, partial = partial.rpartition(b"\n")
+                if lines:
+                    yield lines + b"\n"
+        except ForwardError as error:
+            LOGGER.info("logs of %s from node %s ended: %s", execution_id, node_id, error)
+
+    def _send_frame(self, peer: str, frame: bytes) -> None:
+        if self._transport is not None:
+            self._transport.send(peer, frame, self._core.membership.addrs_of(peer))
+
+    def _on_frame(self, sender: str, frame: bytes) -> None:
+        if frame[:1] == PROXY_FRAME:
+            self.forwarder.on_frame(sender, frame[1:])
+        else:
+            self._step(MessageReceived(sender, frame))
+
+    def _on_gossip(self, sender: str, frame: bytes) -> None:
+        self._step(GossipReceived(sender, frame))
+
+    def _on_peer_connected(self, peer_id: str) -> None:
+        if not self._core.membership.is_reachable(peer_id):
+            self._step(PeerDiscovered(peer_id, ()))
+
     def execution_dir(self, execution_id: str) -> Path:
         return self._executor.execution_dir(execution_id)
 
     def is_execution_live(self, execution_id: str) -> bool:
-        execution = self._core.execution(execution_id)
-        return execution is not None and execution.active
+        return self._core.compute.is_live(execution_id)
 
     # --- running ------------------------------------------------------------------------------
 
@@ -178,20 +359,41 @@ class Node:
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         from meshnode.runtime.api import create_app, serve_api
+        from meshnode.runtime.transport import MeshTransport
 
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self._identity is not None:
+                self._transport = MeshTransport(
+                    self._identity.seed,
+                    self._config.transport_config(),
+                    on_message=self._on_frame,
+                    on_gossip=self._on_gossip,
+                    on_peer_connected=self._on_peer_connected,
+                )
+                await nursery.start(self._transport.run)
+            await nursery.start(self.forwarder.run)
             await self._recover()
             nursery.start_soon(self._timer)
             if "docker" in self._known_engines():
                 nursery.start_soon(self._watch_engines)
             app = create_app(self, max_request_bytes=self._config.max_request_bytes)
-            host, port = await nursery.start(serve_api, app, api_host, api_port)
+            host, port = await nursery.start(serve_api, MeshRouter(app, self), api_host, api_port)
             self._api_address = f"{host}:{port}"
+            self._core.set_address(tuple(self.listen_addrs()), self._api_address, time.time())
+            for peer in self._config.peers:
+                peer_id = peer.rsplit("/p2p/", 1)[-1] if "/p2p/" in peer else ""
+                if peer_id:
+                    self._step(PeerDiscovered(peer_id, (peer,)))
+            self._step(Tick())
             task_status.started(self._api_address)
 
+    def leave(self) -> None:
+        """Tell the mesh this node is going (a graceful stop)."""
+        self._step(Leave())
+
     async def _recover(self) -> None:
-        running = [e for e in self._live_executions() if e.started_at is not None and e.active]
+        running = [run.execution for run in self._core.runs if run.phase == "running"]
         containers: dict[str, str] = {}
         docker = self._engines.get("docker")
         if docker is not None:
@@ -202,20 +404,14 @@ class Node:
                 LOGGER.warning("could not list containers after restart: %s", error)
         lost = []
         for execution in running:
-            job = self._core.job(execution.job_id)
+            run = self._core.run(execution.id)
+            job = self._core.compute.job_of(run) if run is not None else None
             if execution.id in containers and job is not None:
                 LOGGER.info("re-attaching to execution %s", execution.id)
                 self._start_task(execution, job, reattach=True)
             else:
                 lost.append(execution.id)
         self._step(Recovered(lost=tuple(lost)))
-
-    def _live_executions(self) -> list[ExecutionRecord]:
-        return [
-            execution
-            for job_id in self._core.live_job_ids
-            for execution in self._core.executions_of(job_id)
-        ]
 
     def _known_engines(self) -> list[str]:
         return sorted(self._engines)
@@ -257,15 +453,59 @@ class Node:
             match command:
                 case Persist():
                     self._store.apply(command)
+                case Send():
+                    if self._transport is not None:
+                        frame = encode(command.message)
+                        self._count_bytes(command.message, len(frame))
+                        self._transport.send(command.to, frame, command.addrs)
+                case Publish():
+                    if self._transport is not None:
+                        frame = encode(command.message)
+                        self._count_bytes(command.message, len(frame))
+                        self._transport.publish(frame)
                 case JobAccepted() | Reply():
-                    self._replies[command.request_id] = command
+                    waiter = self._waiters.get(command.request_id)
+                    if waiter is not None:
+                        waiter.answer = command
+                        waiter.event.set()
                 case StartExecution():
                     self._start_task(command.execution, command.job, reattach=False)
                 case StopExecution():
                     scope = self._scopes.get(command.execution_id)
                     if scope is not None:
                         scope.cancel()
+                case RunBidProbe():
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._bid_probe, command)
         self._timer_changed.set()
+
+    def _count_bytes(self, message: object, size: int) -> None:
+        """Bytes sent, by kind: what `benchmarks/mesh_jobs.py` reports per node."""
+        kind = "membership" if isinstance(message, MEMBERSHIP_MESSAGES) else "jobs"
+        self._bytes_sent[kind] = self._bytes_sent.get(kind, 0) + size
+
+    async def _bid_probe(self, command: RunBidProbe) -> None:
+        """The operator's bid probe: the job as JSON on stdin, exit 0 = bid."""
+        import shlex
+
+        probe = self._config.bid_probe_exec or ""
+        payload = msgspec.json.encode(command.job)
+        ok, reason = False, ""
+        try:
+            with trio.fail_after(BID_PROBE_TIMEOUT_S):
+                result = await trio.run_process(
+                    shlex.split(probe), stdin=payload, capture_stdout=True, capture_stderr=True,
+                    check=False,
+                )  # fmt: skip
+            ok = result.returncode == 0
+            text = (result.stderr or result.stdout or b"").decode("utf-8", "replace").strip()
+            reason = text[-300:] or f"exit code {result.returncode}"
+        except trio.TooSlowError:
+            reason = f"the probe took longer than {BID_PROBE_TIMEOUT_S:g} s"
+        except OSError as error:
+            reason = f"the probe could not run: {error}"
+        if not self._stopping:
+            self._step(BidProbeDone(command.execution_id, ok, reason))
 
     def _start_task(self, execution: ExecutionRecord, job: JobRecord, *, reattach: bool) -> None:
         assert self._nursery is not None
@@ -353,7 +593,10 @@ async def _serve(config: NodeConfig) -> None:
         stack.callback(store.close)
         engines = await stack.enter_async_context(_open_engines(config, identity.peer_id))
         info = await node_info_for(identity.peer_id, config, engines)
-        node = Node(config, store=store, node_info=info, engines=engines, started_at=time.time())
+        node = Node(
+            config, store=store, node_info=info, engines=engines, started_at=time.time(),
+            identity=identity,
+        )  # fmt: skip
         async with trio.open_nursery() as nursery:
             address = await nursery.start(
                 lambda task_status: node.run(
@@ -361,11 +604,15 @@ async def _serve(config: NodeConfig) -> None:
                 )
             )
             print(f"meshnode node {identity.peer_id} API on http://{address}", flush=True)
+            for multiaddr in node.listen_addrs():
+                print(f"meshnode swarm address {multiaddr}", flush=True)
             engines_text = ", ".join(info.engines) or "none"
             LOGGER.info("engines: %s; data dir %s", engines_text, config.data_dir)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for received in signals:
                     LOGGER.info("stopping on %s", signal.Signals(received).name)
+                    node.leave()
+                    await trio.sleep(LEAVE_GRACE_S)  # let the leave reach a few peers
                     node.shutting_down()
                     nursery.cancel_scope.cancel()
                     break
@@ -384,6 +631,6 @@ def run_node(config: NodeConfig) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("hypercorn.error", "hypercorn.access", "httpx", "docker", "urllib3"):
+    for noisy in ("hypercorn.error", "hypercorn.access", "httpx", "docker", "urllib3", "libp2p"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     trio.run(_serve, config)

@@ -1,4 +1,5 @@
-"""The node's state in SQLite (WAL): jobs, executions and their history.
+"""The node's state in SQLite (WAL): jobs, executions and their history (as requester), the
+node's own runs (as compute node), and operators' approval decisions.
 
 Rules of this module:
 - One writer: the node's core loop applies each `Persist` command in one transaction, before
@@ -17,15 +18,14 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import msgspec
-from msgspec.structs import replace
 
-from meshnode.core.node import Persist
-from meshnode.core.records import ExecutionRecord, HistoryEvent, JobRecord
+from meshnode.core.commands import Persist
+from meshnode.core.messages import Approval, decode_job_record
+from meshnode.core.records import ExecutionRecord, HistoryEvent, JobRecord, LocalRun
 from meshnode.errors import MeshnodeError
-from meshnode.spec import Job, job_from_document
 
 __all__ = ["HISTORY_PER_JOB", "AmbiguousIdError", "NotFoundError", "Store"]
 
@@ -50,6 +50,15 @@ CREATE TABLE IF NOT EXISTS executions (
     record BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS executions_by_job ON executions (job_id, created_at);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    record BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS approvals (
+    node_id TEXT PRIMARY KEY,
+    record BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS history (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id TEXT NOT NULL,
@@ -60,20 +69,10 @@ CREATE INDEX IF NOT EXISTS history_by_job ON history (job_id, seq);
 
 
 class _JobRecordDecoder:
-    """msgspec cannot decode a spec by itself: which Params struct an engine, source or
-    publisher has depends on the sibling `Type` field. The spec goes through the spec reader
-    (which knows that rule, and is idempotent on a normalized spec); the rest through msgspec."""
-
-    def __init__(self) -> None:
-        self._raw = msgspec.msgpack.Decoder(dict[str, Any])
+    """Jobs are stored as the core encodes them for the wire; one reader for both."""
 
     def decode(self, data: bytes) -> JobRecord:
-        fields = self._raw.decode(data)
-        spec = job_from_document(fields.pop("spec"))
-        return replace(msgspec.convert(fields | {"spec": _PLACEHOLDER}, JobRecord), spec=spec)
-
-
-_PLACEHOLDER: Final = Job()
+        return decode_job_record(data)
 
 
 class NotFoundError(MeshnodeError):
@@ -99,6 +98,8 @@ class Store:
         self._job_decoder = _JobRecordDecoder()
         self._execution_decoder = msgspec.msgpack.Decoder(ExecutionRecord)
         self._history_decoder = msgspec.msgpack.Decoder(HistoryEvent)
+        self._run_decoder = msgspec.msgpack.Decoder(LocalRun)
+        self._approval_decoder = msgspec.msgpack.Decoder(Approval)
 
     def close(self) -> None:
         self._db.close()
@@ -136,6 +137,19 @@ class Store:
                 "INSERT INTO history (job_id, record) VALUES (?, ?)",
                 [(event.job_id, encode(event)) for event in persist.history],
             )
+            db.executemany(
+                "INSERT INTO runs (id, job_id, record) VALUES (?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+                [(run.id, run.job_id, encode(run)) for run in persist.runs],
+            )
+            db.executemany(
+                "DELETE FROM runs WHERE id = ?", [(run_id,) for run_id in persist.deleted_runs]
+            )
+            db.executemany(
+                "INSERT INTO approvals (node_id, record) VALUES (?, ?)"
+                " ON CONFLICT (node_id) DO UPDATE SET record = excluded.record",
+                [(a.node_id, encode(a)) for a in persist.approvals],
+            )
             for job_id in {event.job_id for event in persist.history}:
                 db.execute(
                     "DELETE FROM history WHERE job_id = ? AND seq <= (SELECT seq FROM history"
@@ -164,6 +178,18 @@ class Store:
                 )
             )
         return jobs, executions
+
+    def runs(self) -> list[LocalRun]:
+        """This node's own runs not yet fully reported: what its compute side restarts with."""
+        return [
+            self._run_decoder.decode(row[0]) for row in self._db.execute("SELECT record FROM runs")
+        ]
+
+    def approvals(self) -> list[Approval]:
+        return [
+            self._approval_decoder.decode(row[0])
+            for row in self._db.execute("SELECT record FROM approvals")
+        ]
 
     def job(self, job_id_or_prefix: str) -> JobRecord:
         """A job by id, or by a unique prefix of its id (with or without the `j-`)."""

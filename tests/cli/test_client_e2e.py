@@ -70,8 +70,10 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     log = (data_dir / "node.log").open("w")
     # Port 0: the node binds a free port itself and says which in its ready line (no race
     # between picking a port here and binding it there).
+    # Network rule: loopback only, no mDNS (a node alone: no --peers).
     process = subprocess.Popen(
-        [MESHNODE, "start", "--api-port", "0", "--data-dir", str(data_dir), "--no-docker"],
+        [MESHNODE, "start", "--api-port", "0", "--data-dir", str(data_dir), "--no-docker",
+         "--swarm-host", "127.0.0.1", "--swarm-port", "0", "--no-mdns"],
         stdout=subprocess.PIPE, stderr=log, text=True,
     )  # fmt: skip
     assert process.stdout is not None
@@ -321,11 +323,18 @@ def test_raw_output_parses(
 
 def test_nodes_and_agent(node: Node) -> None:
     listed = meshnode("node", "list", node=node)
-    assert node.node_id in listed.stdout
+    # The table shows both ends of a node id (12D3Ko…CVe2Xo); describe shows it whole.
+    assert f"{node.node_id[:6]}…{node.node_id[-6:]}" in listed.stdout
+    assert re.search(r"\balive +APPROVED\b", listed.stdout)
     described = meshnode("node", "describe", node.node_id[:12], node=node)
     assert re.search(rf"^ID +{node.node_id}$", described.stdout, re.MULTILINE)
     assert re.search(r"^Engines +wasm$", described.stdout, re.MULTILINE)
+    assert re.search(r"^State +alive$", described.stdout, re.MULTILINE)
     assert meshnode("agent", "alive", node=node).stdout == "OK\n"
+    # This node's mesh addresses, whole, as another node's --peers takes them.
+    agent_node = meshnode("agent", "node", node=node).stdout
+    address = rf"/ip4/127\.0\.0\.1/tcp/\d+/p2p/{node.node_id}"
+    assert re.search(rf"^Addresses +{address}$", agent_node, re.MULTILINE)
 
 
 # --- errors --------------------------------------------------------------------------------------

@@ -234,8 +234,10 @@ def test_cli_prints_api_errors_without_a_traceback(api: FakeApi) -> None:
         ("agent", "alive"),
         ("agent", "node"),
         ("agent", "version"),
+        ("agent", "mesh"),
         ("node", "list"),
         ("node", "describe", "n-1"),
+        ("node", "approve", "n-1"),
         ("docker", "run", "busybox"),
     ],
 )
@@ -254,3 +256,33 @@ def test_api_port_flag_wins_over_the_environment(api: FakeApi) -> None:
     result = _meshnode("agent", "alive", "--api-port", str(api.port), port=_free_port())
     assert result.returncode == 0, result.stderr
     assert result.stdout == "OK\n"
+
+
+# --- node actions -----------------------------------------------------------------------------
+
+
+def test_node_approve_sends_bacalhaus_put_node_request(api: FakeApi) -> None:
+    path = "/api/v1/orchestrator/nodes/12D3KooWQY"
+    api.answers[f"PUT {path}"] = Answer(
+        body=b'{"Success": true, "Error": "", "Message": "node 12D3KooWQYfull approved"}'
+    )
+    result = _meshnode("node", "approve", "12D3KooWQY", "-m", "new rack", port=api.port)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Node 12D3KooWQYfull approved\n"
+    ((method, got_path, _, body),) = api.requests
+    assert (method, got_path) == ("PUT", path)
+    assert json.loads(body) == {"NodeID": "12D3KooWQY", "Action": "approve", "Message": "new rack"}
+
+
+def test_node_actions_that_fail_say_why(api: FakeApi) -> None:
+    # Bacalhau 1.4 answers a refused action with 200 and Success false.
+    api.answers["PUT /api/v1/orchestrator/nodes/n-1"] = Answer(
+        body=b'{"Success": false, "Error": "node already rejected"}'
+    )
+    result = _meshnode("node", "reject", "n-1", port=api.port)
+    assert result.returncode == 1
+    assert result.stderr == "Error: could not reject node n-1: node already rejected\n"
+    # A Bacalhau node answers "Ok"-style without a Message: the CLI says Ok, as Bacalhau's.
+    api.answers["PUT /api/v1/orchestrator/nodes/n-1"] = Answer(body=b'{"Success": true}')
+    result = _meshnode("node", "delete", "n-1", port=api.port)
+    assert (result.returncode, result.stdout) == (0, "Ok\n")

@@ -24,6 +24,7 @@ from meshnode.cli.output import (
 )
 from meshnode.cli.views import (
     describe_job,
+    describe_mesh,
     describe_node,
     executions_table,
     history_table,
@@ -206,25 +207,73 @@ def test_nodes_table_reads_node_states() -> None:
         "Info": {
             "NodeID": NODE_ID,
             "NodeType": "Compute",
-            "Labels": {"Architecture": "amd64"},
+            "Labels": {"Architecture": "amd64", "zone": "eu", "engine-wasm": "true"},
             "ComputeNodeInfo": {
                 "ExecutionEngines": ["wasm"],
                 "MaxCapacity": {"CPU": 2.5, "Memory": 4 * 1024**3, "Disk": 10 * 1024**3, "GPU": 0},
+                "AvailableCapacity": {"CPU": 1.5, "Memory": 1024**3, "Disk": 0, "GPU": 0},
+                "RunningExecutions": 2,
             },
+            "Addresses": [f"/ip4/10.0.0.7/tcp/1235/p2p/{NODE_ID}"],
         },
         "Membership": "APPROVED",
-        "Connection": "CONNECTED",
+        "Connection": "DISCONNECTED",
+        "ConnectionState": {
+            "Status": "DISCONNECTED",
+            "LastHeartbeat": "2023-11-14T22:13:07.5Z",  # NOW_S - 13 s
+        },
+        "State": "suspect",
     }
-    nodes_table(console, [node])
+    nodes_table(console, [node], now_s=NOW_S)
     rows = _rows(out.getvalue())
-    assert rows[0] == ["ID", "TYPE", "STATUS", "ENGINES", "CPU", "MEMORY", "DISK", "GPU", "LABELS"]
-    assert rows[2] == [NODE_ID, "Compute", "CONNECTED", "wasm", "2.5", "4.0 GiB", "10.0 GiB",
-                       "Architecture=amd64"]  # fmt: skip
+    assert rows[0] == ["ID", "TYPE", "STATE", "APPROVAL", "LABELS", "CPU FREE", "MEMORY FREE",
+                       "RUNNING", "LAST SEEN"]  # fmt: skip
+    # An operator's labels first, then those every node sets itself.
+    # (cut at 40 characters: `node describe` shows them all)
+    assert rows[2] == ["12D3Ko…CVe2Xo", "Compute", "suspect", "APPROVED",
+                       "zone=eu,Architecture=amd64,engine-wasm=…", "1.5 / 2.5",
+                       "1.0 GiB / 4.0 GiB", "2", "12s ago"]  # fmt: skip
     console, out, _ = _console()
-    describe_node(console, node)
+    describe_node(console, node, now_s=NOW_S)
     text = out.getvalue()
     assert re.search(rf"^ID +{NODE_ID}$", text, re.MULTILINE)
+    assert re.search(r"^State +suspect$", text, re.MULTILINE)
+    assert re.search(r"^Last seen +12s ago$", text, re.MULTILINE)
     assert re.search(r"^Capacity +CPU 2.5, memory 4.0 GiB, disk 10.0 GiB, GPU 0$", text, re.M)
+    assert re.search(rf"^Addresses +/ip4/10.0.0.7/tcp/1235/p2p/{NODE_ID}$", text, re.M)
+
+
+def test_nodes_table_reads_an_older_node_without_meshnode_fields() -> None:
+    """Bacalhau 1.4's NodeState: no State, no ConnectionState."""
+    console, out, _ = _console()
+    node = {
+        "Info": {"NodeID": "node-1", "NodeType": "Requester", "Labels": {}},
+        "Membership": "PENDING",
+        "Connection": "CONNECTED",
+    }
+    nodes_table(console, [node], now_s=NOW_S)
+    assert _rows(out.getvalue())[2] == ["node-1", "Requester", "connected", "PENDING"]
+
+
+def test_describe_mesh() -> None:
+    console, out, _ = _console()
+    describe_mesh(
+        console,
+        {
+            "NodeID": NODE_ID,
+            "Addresses": [f"/ip4/127.0.0.1/tcp/1235/p2p/{NODE_ID}"],
+            "ConnectedPeers": [],
+            "Members": {"alive": 2, "suspect": 0, "dead": 1, "left": 0},
+            "Stats": {"transport_frames_sent": 7, "messages_handled": 3},
+        },
+    )
+    lines = out.getvalue().splitlines()
+    assert lines[2] == "Connected peers  none"
+    assert lines[3] == "Members          2 alive, 0 suspect, 1 dead, 0 left"
+    assert lines[4:] == [
+        "Counters         messages_handled 3",
+        "                 transport_frames_sent 7",
+    ]
 
 
 # --- describe and progress -----------------------------------------------------------------------

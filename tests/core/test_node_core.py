@@ -22,7 +22,7 @@ from meshnode.core.node import (
     SubmitJob,
     Tick,
 )
-from meshnode.core.records import JobRecord, NodeInfo
+from meshnode.core.records import JobRecord, LocalRun, NodeInfo
 from meshnode.core.resources import ResourceAmounts
 from meshnode.core.states import DesiredState, ExecutionState, JobState
 from meshnode.spec import job_from_document
@@ -63,6 +63,7 @@ class Driver:
         self.core = NodeCore(node or node_info(), rng=random.Random(seed))
         self.now = 0.0
         self.jobs: dict[str, JobRecord] = {}
+        self.runs: dict[str, LocalRun] = {}
         self.history: list[tuple[str, str, str]] = []
         self.step(Recovered())
 
@@ -74,6 +75,9 @@ class Driver:
             if isinstance(command, Persist):
                 self.jobs.update({job.id: job for job in command.jobs})
                 self.history.extend((h.kind, h.previous, h.new) for h in command.history)
+                self.runs.update({run.id: run for run in command.runs})
+                for execution_id in command.deleted_runs:
+                    self.runs.pop(execution_id, None)
         return commands
 
     def submit(self, job_spec: Any, at: float | None = None) -> tuple[str, list[Command]]:
@@ -113,9 +117,9 @@ def test_a_batch_job_runs_completes_and_records_every_transition() -> None:
         ("job", "", "Pending"),
         ("execution", "", "New"),
         ("execution", "New", "AskForBid"),
+        ("job", "Pending", "Running"),
         ("execution", "AskForBid", "AskForBidAccepted"),
         ("execution", "AskForBidAccepted", "BidAccepted"),
-        ("job", "Pending", "Running"),
         ("execution", "BidAccepted", "Completed"),
         ("job", "Running", "Completed"),
     ]
@@ -146,7 +150,7 @@ def test_a_failed_batch_execution_is_retried_with_doubling_backoff_then_the_job_
         if attempt == 3:
             break
         assert starts(commands) == []
-        deadline = driver.core.next_deadline()
+        deadline = driver.core.job_deadline(job_id)
         assert deadline is not None
         delays.append(deadline - ended_at)
         assert starts(driver.step(Tick(), at=deadline - 0.01)) == []
@@ -172,7 +176,7 @@ def test_count_above_the_number_of_nodes_waits_for_queue_timeout_then_says_why()
     assert "needs 2 nodes, 1 can run it" in driver.jobs[job_id].message
     driver.step(ExecutionEnded(start.execution.id, 0), at=5.0)
     assert driver.state(job_id) is JobState.QUEUED
-    assert driver.core.next_deadline() == 30.0
+    assert driver.core.job_deadline(job_id) == 30.0
     driver.step(Tick(), at=30.0)
     assert driver.state(job_id) is JobState.FAILED
     message = driver.jobs[job_id].message
@@ -261,7 +265,7 @@ def test_long_running_jobs_restart_with_exponential_backoff(job_type: str) -> No
         (start,) = starts(commands)
         end = driver.now + 0.5
         assert starts(driver.step(ExecutionEnded(start.execution.id, 1), at=end)) == []
-        deadline = driver.core.next_deadline()
+        deadline = driver.core.job_deadline(job_id)
         assert deadline is not None
         delays.append(deadline - end)
         commands = driver.step(Tick(), at=deadline)
@@ -313,7 +317,7 @@ def test_total_timeout_stops_the_job() -> None:
     driver = Driver()
     job_id, commands = driver.submit(spec("service", task={"Timeouts": {"TotalTimeout": 60}}))
     (start,) = starts(commands)
-    assert driver.core.next_deadline() == 60.0
+    assert driver.core.job_deadline(job_id) == 60.0
     commands = driver.step(Tick(), at=60.0)
     assert StopExecution(start.execution.id, "the job exceeded its TotalTimeout of 60 s") in (
         commands
@@ -327,7 +331,11 @@ def test_executions_lost_in_a_restart_fail_and_batch_retries_them() -> None:
     (start,) = starts(commands)
     job = first.jobs[job_id]
     restarted = NodeCore(
-        node_info(), rng=random.Random(1), jobs=[job], executions=[start.execution]
+        node_info(),
+        rng=random.Random(1),
+        jobs=[job],
+        executions=[start.execution],
+        runs=first.runs.values(),
     )
     commands = restarted.handle(Recovered(lost=(start.execution.id,)), 1.0)
     persist = commands[0]
@@ -335,7 +343,7 @@ def test_executions_lost_in_a_restart_fail_and_batch_retries_them() -> None:
     lost = next(e for e in persist.executions if e.id == start.execution.id)
     assert lost.state is ExecutionState.FAILED
     assert lost.error == "the node restarted while it ran"
-    assert restarted.next_deadline() == 2.0  # the first retry, one second later
+    assert restarted.job_deadline(job_id) == 2.0  # the first retry, one second later
 
 
 def test_nothing_starts_before_recovery_is_done() -> None:

@@ -2,7 +2,9 @@
 
 Rules of these tests: the service behind the API is `CoreService` below, a real `NodeCore`
 whose `Persist` commands go to a real `Store`; nothing runs (StartExecution is ignored), and a
-test ends an execution by handing the core `ExecutionEnded`, as an engine would. The API is
+test ends an execution by handing the core `ExecutionEnded`, as an engine would. The mesh is
+the core's own membership, fed the updates a peer would send (`CoreService.hear`); nothing
+is sent back (Send and Publish are dropped), and the libp2p addresses are made up. The API is
 served by `serve_api` on 127.0.0.1 port 0 in the test's nursery and spoken to with httpx
 (and, for compatibility, with Bacalhau's own Python client). No sleeps: only the server
 polls, while following logs.
@@ -25,10 +27,15 @@ import pytest
 import trio
 
 from meshnode import __version__
+from meshnode.core.membership import MembershipParams, MemberState
+from meshnode.core.messages import Alive, Dead, Left, MemberInfo, PushPull, Suspect, Update, encode
 from meshnode.core.node import (
+    ApproveNode,
+    CoreParams,
     Event,
     ExecutionEnded,
     JobAccepted,
+    MessageReceived,
     NodeCore,
     Persist,
     Recovered,
@@ -40,6 +47,7 @@ from meshnode.core.node import (
     Tick,
 )
 from meshnode.core.records import NodeInfo
+from meshnode.core.requester import RequesterParams
 from meshnode.core.resources import ResourceAmounts
 from meshnode.core.states import DesiredState, ExecutionState
 from meshnode.runtime.api import (
@@ -49,7 +57,7 @@ from meshnode.runtime.api import (
     parse_label_selector,
     serve_api,
 )
-from meshnode.runtime.service import AgentInfo, NodeService, SubmitResult
+from meshnode.runtime.service import AgentInfo, MeshService, NodeService, SubmitResult
 from meshnode.runtime.store import NotFoundError, Store
 from meshnode.spec import Constraint, Job
 
@@ -66,18 +74,63 @@ NODE: Final = NodeInfo(
     publishers=("local", "noop"),
 )
 T = TypeVar("T")
+# Peer ids (shaped like libp2p's; the core does not care) sorted A < B < C < D < E.
+PEER_A: Final = "12D3KooWAaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+PEER_B: Final = "12D3KooWBbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+PEER_C: Final = "12D3KooWCccccccccccccccccccccccccccccccccccccccccccc"
+PEER_D: Final = "12D3KooWDddddddddddddddddddddddddddddddddddddddddddd"
+PEER_E: Final = "12D3KooWEeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"
+NODES: Final = "/api/v1/orchestrator/nodes"
+
+
+def multiaddr_of(node_id: str, port: int = 4001) -> str:
+    return f"/ip4/127.0.0.1/tcp/{port}/p2p/{node_id}"
+
+
+def peer_info(
+    node_id: str,
+    *,
+    labels: dict[str, str] | None = None,
+    cpu_millicores: int = 4000,
+    free_millicores: int = 4000,
+    running: int = 0,
+    roles: tuple[str, ...] = ("requester", "compute"),
+) -> MemberInfo:
+    capacity = ResourceAmounts(cpu_millicores=cpu_millicores, memory_bytes=8 * 1024**3)
+    return MemberInfo(
+        node=NodeInfo(
+            id=node_id,
+            labels=labels or {},
+            capacity=capacity,
+            engines=("wasm",),
+            input_types=("inline",),
+            publishers=("local",),
+        ),
+        addrs=(multiaddr_of(node_id, 4002),),
+        roles=roles,
+        version="0.9.1",
+        free=ResourceAmounts(cpu_millicores=free_millicores, memory_bytes=2 * 1024**3),
+        running=running,
+    )
 
 
 # --- the service behind the API ------------------------------------------------------------
 
 
 class CoreService:
-    """A `NodeService` made of a real core and a real store; executions never run."""
+    """A `NodeService` (and `MeshService`) made of a real core and a real store; executions
+    never run."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, require_approval: bool = False) -> None:
         self.root = root
         self._store = Store(root / "node.db")
-        self._core = NodeCore(NODE, rng=random.Random(7))
+        params = CoreParams(
+            # Nothing answers the core's probes here: the peers a test makes up are never
+            # probed (each step is a second later; they would turn suspect one by one).
+            membership=MembershipParams(probe_interval_s=1e6, push_pull_interval_s=1e6),
+            requester=RequesterParams(require_approval=require_approval),
+        )
+        self._core = NodeCore(NODE, rng=random.Random(7), params=params)
         self._clock_s = 1_700_000_000.0
         self._replies: dict[str, JobAccepted | Reply] = {}
         self._requests = 0
@@ -121,9 +174,52 @@ class CoreService:
     def execution_dir(self, execution_id: str) -> Path:
         return self.root / "executions" / execution_id
 
+    # MeshService
+
+    @property
+    def core(self) -> NodeCore:
+        return self._core
+
+    def listen_addrs(self) -> list[str]:
+        return [multiaddr_of(NODE.id)]
+
+    def connected_peers(self) -> list[str]:
+        return [m.id for m in self._core.members() if m.state is MemberState.ALIVE]
+
+    def mesh_stats(self) -> dict[str, int]:
+        return {"messages_handled": self._core.stats["messages_handled"]}
+
+    async def remote_logs(
+        self, node_id: str, execution_id: str, *, follow: bool
+    ) -> AsyncIterator[bytes]:
+        """A peer's execution logs, as the mesh would stream them."""
+        yield (
+            b'{"Type":"stdout","Line":"from '
+            + node_id.encode()
+            + b'","ExecutionID":"'
+            + execution_id.encode()
+            + b'"}\n'
+        )
+
+    async def decide_approval(self, node_id: str, decision: str) -> str:
+        request_id = self._request_id()
+        self._step(ApproveNode(request_id, node_id, decision))
+        answer = self._replies.pop(request_id)
+        assert isinstance(answer, Reply), answer
+        if not answer.ok:
+            raise NotFoundError(answer.message)
+        return answer.message
+
     def is_execution_live(self, execution_id: str) -> bool:
         execution = self._core.execution(execution_id)
         return execution is not None and execution.active
+
+    # what a test does in a peer's place
+
+    def hear(self, *updates: Update) -> None:
+        """Membership updates, as a peer's push-pull brings them."""
+        frame = encode(PushPull(updates=updates))
+        self._step(MessageReceived(PEER_A, frame))
 
     # what a test does in the engine's place
 
@@ -164,6 +260,10 @@ class CoreService:
 
 def _conforms(service: CoreService) -> NodeService:
     return service  # mypy checks the protocol here
+
+
+def _conforms_to_mesh(service: CoreService) -> MeshService:
+    return service
 
 
 @pytest.fixture
@@ -495,7 +595,9 @@ async def test_the_life_of_a_job_through_the_api(
     (execution,) = (await get_json(client, f"{JOBS}/{job_id}/executions"))["Items"]
     assert execution["ComputeState"]["StateType"] == ExecutionState.COMPLETED
     assert execution["RunOutput"]["ExitCode"] == 0
-    results_url = f"{base_url}/api/v1/executions/{execution['ID']}/results"
+    results_url = (
+        f"{base_url}/api/v1/executions/{execution['ID']}/results?node={execution['NodeID']}"
+    )
     assert execution["PublishedResult"] == {"Type": "local", "Params": {"URL": results_url}}
     results = await get_json(client, f"{JOBS}/{job_id}/results")
     expected_result = {"Type": "local", "Params": {"URL": results_url}}
@@ -749,6 +851,233 @@ async def test_nodes_and_agent(client: httpx.AsyncClient) -> None:
     assert agent_node["BacalhauVersion"] == version
 
 
+def a_mesh_of_five_peers(service: CoreService) -> None:
+    """A and E alive (E a requester only), B suspect, C dead, D gone."""
+    labels = {"zone": "lab", "Operating-System": "linux", "Architecture": "arm64"}
+    service.hear(
+        Alive(node_id=PEER_A, incarnation=0,
+              info=peer_info(PEER_A, labels=labels, free_millicores=1500, running=2)),
+        Alive(node_id=PEER_B, incarnation=0, info=peer_info(PEER_B, cpu_millicores=2000,
+                                                           free_millicores=2000)),
+        Alive(node_id=PEER_C, incarnation=0, info=peer_info(PEER_C)),
+        Alive(node_id=PEER_D, incarnation=0, info=peer_info(PEER_D)),
+        Alive(node_id=PEER_E, incarnation=0, info=peer_info(PEER_E, roles=("requester",))),
+    )  # fmt: skip
+    service.hear(
+        Suspect(node_id=PEER_B, incarnation=0, by=PEER_A),
+        Dead(node_id=PEER_C, incarnation=0, by=PEER_A),
+        Left(node_id=PEER_D, incarnation=0),
+    )
+
+
+def ids_of(answer: dict[str, Any]) -> list[str]:
+    assert answer["Items"] == answer["nodes"]
+    return [state["Info"]["NodeID"] for state in answer["Items"]]
+
+
+async def test_nodes_are_every_member_of_the_mesh(
+    client: httpx.AsyncClient, service: CoreService
+) -> None:
+    a_mesh_of_five_peers(service)
+    answer = await get_json(client, NODES)
+    assert ids_of(answer) == [PEER_A, PEER_B, PEER_C, PEER_D, PEER_E, NODE.id]
+    by_id = {state["Info"]["NodeID"]: state for state in answer["Items"]}
+    states = {node_id: (s["State"], s["Connection"]) for node_id, s in by_id.items()}
+    assert states == {
+        NODE.id: ("alive", "CONNECTED"),
+        PEER_A: ("alive", "CONNECTED"),
+        PEER_B: ("suspect", "DISCONNECTED"),
+        PEER_C: ("dead", "DISCONNECTED"),
+        PEER_D: ("left", "DISCONNECTED"),
+        PEER_E: ("alive", "CONNECTED"),
+    }
+    # Bacalhau 1.6's ConnectionState, which its newer CLI reads.
+    a, c = by_id[PEER_A], by_id[PEER_C]
+    assert a["ConnectionState"]["Status"] == "CONNECTED"
+    assert a["ConnectionState"]["LastHeartbeat"].startswith("2023-11-14T22:1")  # the test clock
+    assert a["ConnectionState"]["DisconnectedSince"] == "0001-01-01T00:00:00Z"
+    assert c["ConnectionState"]["Status"] == "DISCONNECTED"
+    assert c["ConnectionState"]["ConnectedSince"] == "0001-01-01T00:00:00Z"
+    # What a member advertises: capacity, what is free, what runs, where it listens.
+    info = a["Info"]
+    assert info["NodeType"] == "Compute"
+    assert info["Labels"]["zone"] == "lab"
+    assert info["Addresses"] == [multiaddr_of(PEER_A, 4002)]
+    assert info["BacalhauVersion"]["GitVersion"] == "v0.9.1"
+    assert (info["BacalhauVersion"]["GOOS"], info["BacalhauVersion"]["GOARCH"]) == (
+        "linux", "arm64"
+    )  # fmt: skip
+    compute = info["ComputeNodeInfo"]
+    assert compute["MaxCapacity"]["CPU"] == 4.0
+    assert compute["AvailableCapacity"] == {"CPU": 1.5, "Memory": 2 * 1024**3, "Disk": 0, "GPU": 0}
+    assert compute["RunningExecutions"] == 2
+    assert compute["ExecutionEngines"] == ["wasm"]
+    requester_only = by_id[PEER_E]["Info"]
+    assert requester_only["NodeType"] == "Requester"
+    assert requester_only["ComputeNodeInfo"] is None
+    own = by_id[NODE.id]
+    assert own["Info"]["Addresses"] == [multiaddr_of(NODE.id)]
+    assert own["ConnectionState"]["Status"] == "CONNECTED"
+    assert {state["Membership"] for state in answer["Items"]} == {"APPROVED"}
+
+    # Bacalhau's filters, upper or lower case, and its label selector.
+    connected = await get_json(client, NODES, **{"filter-status": "connected"})
+    assert ids_of(connected) == [PEER_A, PEER_E, NODE.id]
+    disconnected = await get_json(client, NODES, **{"filter-status": "DISCONNECTED"})
+    assert ids_of(disconnected) == [PEER_B, PEER_C, PEER_D]
+    assert ids_of(await get_json(client, NODES, labels="zone=lab")) == [PEER_A, NODE.id]
+    assert ids_of(await get_json(client, NODES, labels="zone=lab,Architecture=arm64")) == [PEER_A]
+
+    # One node by a unique prefix of its id; an ambiguous prefix and an unknown id.
+    got = await get_json(client, f"{NODES}/{PEER_C[:9]}")
+    assert got["node"]["Info"]["NodeID"] == PEER_C
+    assert got["node"]["State"] == "dead"
+    body = assert_error(await client.get(f"{NODES}/12D3KooW"), 400, "BadRequest")
+    assert "matches 5 nodes" in body["message"]
+    assert_error(await client.get(f"{NODES}/12D3KooWZ"), 404, "NotFound")
+
+
+async def test_nodes_order_by_and_pages(client: httpx.AsyncClient, service: CoreService) -> None:
+    a_mesh_of_five_peers(service)
+    by_cpu = await get_json(client, NODES, order_by="available_cpu")
+    # Most free first (this node: 8 cores; A 1.5; E, a requester, none); ties by id.
+    assert ids_of(by_cpu) == [NODE.id, PEER_C, PEER_D, PEER_B, PEER_A, PEER_E]
+    reverse = await get_json(client, NODES, order_by="id", reverse="true")
+    assert ids_of(reverse) == [NODE.id, PEER_E, PEER_D, PEER_C, PEER_B, PEER_A]
+    assert_error(await client.get(NODES, params={"order_by": "age"}), 400, "BadRequest")
+
+    pages, token = [], ""
+    while True:
+        answer = await get_json(client, NODES, limit=4, next_token=token)
+        pages.append(ids_of(answer))
+        token = answer["NextToken"]
+        if not token:
+            break
+    assert pages == [[PEER_A, PEER_B, PEER_C, PEER_D], [PEER_E, NODE.id]]
+    bad = await client.get(NODES, params={"next_token": "bm9wZQ"})
+    assert_error(bad, 400, "BadRequest")
+
+
+async def test_approve_reject_and_delete_nodes(
+    client: httpx.AsyncClient, service: CoreService
+) -> None:
+    a_mesh_of_five_peers(service)
+
+    async def membership(node_id: str) -> str:
+        got = await get_json(client, f"{NODES}/{node_id}")
+        return str(got["node"]["Membership"])
+
+    # Bacalhau's own request: PUT …/nodes/{id} with PutNodeRequest → PutNodeResponse.
+    answer = await client.put(
+        f"{NODES}/{PEER_A[:10]}",
+        json={"NodeID": PEER_A[:10], "Action": "reject", "Message": "flaky disk"},
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"Success": True, "Error": "", "Message": f"node {PEER_A} rejected"}
+    assert await membership(PEER_A) == "REJECTED"
+    rejected = await get_json(client, NODES, **{"filter-approval": "REJECTED"})
+    assert ids_of(rejected) == [PEER_A]
+    approved = await get_json(client, NODES, **{"filter-approval": "approved"})
+    assert PEER_A not in ids_of(approved)
+    assert len(ids_of(approved)) == 5
+
+    # The same through POST on the collection, the id in the body.
+    answer = await client.post(NODES, json={"NodeID": PEER_A, "Action": "approve"})
+    assert answer.json()["Success"] is True
+    assert await membership(PEER_A) == "APPROVED"
+
+    # Delete forgets the node; if it comes back, it still gets no work (REJECTED).
+    answer = await client.put(f"{NODES}/{PEER_B}", json={"Action": "delete"})
+    assert answer.json()["Success"] is True
+    assert PEER_B not in ids_of(await get_json(client, NODES))
+    service.hear(Alive(node_id=PEER_B, incarnation=1, info=peer_info(PEER_B)))
+    assert await membership(PEER_B) == "REJECTED"
+
+    # Mistakes are 4xx with a message.
+    unknown = await client.put(f"{NODES}/12D3KooWZzz", json={"Action": "approve"})
+    assert_error(unknown, 404, "NotFound")
+    bad_action = await client.put(f"{NODES}/{PEER_A}", json={"Action": "pause"})
+    assert "approve, reject, delete" in assert_error(bad_action, 400, "BadRequest")["message"]
+    mismatch = await client.put(f"{NODES}/{PEER_A}", json={"NodeID": PEER_C, "Action": "reject"})
+    assert_error(mismatch, 400, "BadRequest")
+    assert_error(await client.post(NODES, json={"Action": "reject"}), 400, "BadRequest")
+    assert_error(await client.put(f"{NODES}/{PEER_A}", content=b"[1]"), 400, "BadRequest")
+    ambiguous = await client.put(f"{NODES}/12D3KooW", json={"Action": "reject"})
+    assert_error(ambiguous, 400, "BadRequest")
+
+
+@pytest.fixture
+def approving_service(tmp_path: Path) -> CoreService:
+    return CoreService(tmp_path, require_approval=True)
+
+
+async def test_under_require_approval_undecided_nodes_are_pending(
+    nursery: trio.Nursery, approving_service: CoreService
+) -> None:
+    service = approving_service
+    _conforms_to_mesh(service)
+    app = create_app(_conforms(service), max_request_bytes=LIMIT_BYTES)
+    host, port = await nursery.start(serve_api, app, LOOPBACK, 0)
+    async with httpx.AsyncClient(base_url=f"http://{host}:{port}", trust_env=False) as client:
+        a_mesh_of_five_peers(service)
+        pending = await get_json(client, NODES, **{"filter-approval": "pending"})
+        assert ids_of(pending) == [PEER_A, PEER_B, PEER_C, PEER_D, PEER_E, NODE.id]
+        await client.put(f"{NODES}/{PEER_A}", json={"Action": "approve"})
+        await client.put(f"{NODES}/{NODE.id}", json={"Action": "approve"})
+        approved = await get_json(client, NODES, **{"filter-approval": "APPROVED"})
+        assert ids_of(approved) == [PEER_A, NODE.id]
+        still_pending = await get_json(client, NODES, **{"filter-approval": "PENDING"})
+        assert ids_of(still_pending) == [PEER_B, PEER_C, PEER_D, PEER_E]
+
+
+async def test_agent_node_and_mesh_say_where_this_node_listens(
+    client: httpx.AsyncClient, service: CoreService
+) -> None:
+    a_mesh_of_five_peers(service)
+    agent_node = await get_json(client, "/api/v1/agent/node")
+    assert agent_node["Addresses"] == [multiaddr_of(NODE.id)]
+    mesh = await get_json(client, "/api/v1/agent/mesh")
+    assert mesh["NodeID"] == NODE.id
+    assert mesh["Addresses"] == [multiaddr_of(NODE.id)]
+    assert mesh["ConnectedPeers"] == [PEER_A, PEER_E]
+    assert mesh["Members"] == {"alive": 3, "suspect": 1, "dead": 1, "left": 1}
+    assert mesh["Stats"]["messages_handled"] >= 2
+
+
+async def test_the_approve_command_against_this_api(base_url: str, service: CoreService) -> None:
+    """`meshnode node approve|reject` as a user types it, in its own process."""
+    import shutil
+    import subprocess
+    import sys
+
+    a_mesh_of_five_peers(service)
+    executable = shutil.which("meshnode", path=str(Path(sys.executable).parent))
+    assert executable
+    port = base_url.rpartition(":")[2]
+
+    async def meshnode(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return await trio.run_process(
+            [executable, *args, "--api-port", port],
+            capture_stdout=True, capture_stderr=True, check=False,
+        )  # fmt: skip
+
+    rejected = await meshnode("node", "reject", PEER_A[:10], "-m", "maintenance")
+    assert rejected.returncode == 0, rejected.stderr
+    assert rejected.stdout.decode() == f"Node {PEER_A} rejected\n"
+    assert service.core.membership.approval_of(PEER_A) == "rejected"
+    approved = await meshnode("node", "approve", PEER_A, "--output", "json")
+    assert approved.returncode == 0, approved.stderr
+    assert json.loads(approved.stdout)["Success"] is True
+    assert service.core.membership.approval_of(PEER_A) == "approved"
+    unknown = await meshnode("node", "approve", "12D3KooWZzz")
+    assert unknown.returncode == 1
+    assert unknown.stderr.decode().startswith("Error: no node 12D3KooWZzz is known")
+    listed = await meshnode("node", "list", "--filter-status", "disconnected", "-o", "json")
+    assert [n["Info"]["NodeID"] for n in json.loads(listed.stdout)["nodes"]] == [
+        PEER_B, PEER_C, PEER_D
+    ]  # fmt: skip
+
+
 async def test_available_capacity_comes_from_the_service_when_it_reports_usage(
     client: httpx.AsyncClient, service: CoreService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -945,7 +1274,7 @@ async def test_bacalhaus_python_client_works_unmodified(
         results = await in_thread(lambda: jobs.results(job_id))
         (result,) = results.items
         assert result.type == "local"
-        assert result.params["URL"].endswith(f"/api/v1/executions/{execution.id}/results")
+        assert f"/api/v1/executions/{execution.id}/results?node=" in result.params["URL"]
 
         second = await in_thread(lambda: jobs.put(ApiPutJobRequest(job=job)))
         stopped = await in_thread(lambda: jobs.stop(second.job_id, reason="from the SDK"))

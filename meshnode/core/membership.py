@@ -1,0 +1,542 @@
+"""Who is in the mesh and who is alive: SWIM with suspicion, piggybacking and push-pull.
+
+Rules of this module:
+- Every membership decision lives here; this module knows nothing of jobs. It returns what
+  to send (`Send`, `Publish`) and which members changed (`MemberChange`); the node core
+  decides what a change means for jobs.
+- Liveness (SWIM, Das et al. 2002, with memberlist's refinements): each period one member is
+  probed directly (`Ping`); without an answer within `probe_timeout_s`, `indirect_probes`
+  others are asked to probe it (`PingReq`); without any answer by the end of the period it
+  becomes suspect. A suspect that hears of it refutes with a higher incarnation; otherwise
+  it is declared dead after a suspicion timeout that grows with log(n).
+- Dissemination: updates ride on probes and acks (each sent `retransmit_mult·log(n)` times);
+  what this node originates (its join, label changes, leave, deaths it declared, approvals
+  made here) is also published as gossip, batched, at most once per `gossip_interval_s`;
+  push-pull with one random member repairs what both lost. No message goes to every node
+  from every node: per-node cost grows with log(n), not n.
+- Incarnations order claims about a node; only the node itself raises its own. Approvals
+  (operator decisions) merge last-writer-wins by (time, author).
+- Bounded: members (dead ones are forgotten after `dead_retention_s`), the piggyback queue,
+  outstanding indirect probes.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+from msgspec.structs import replace
+
+from meshnode.core.commands import Publish, Send
+from meshnode.core.ids import Rng
+from meshnode.core.messages import (
+    Ack,
+    Alive,
+    Announce,
+    Approval,
+    Dead,
+    Left,
+    MemberInfo,
+    Message,
+    Ping,
+    PingReq,
+    PushPull,
+    Suspect,
+    Update,
+)
+
+__all__ = [
+    "Member",
+    "MemberChange",
+    "MemberState",
+    "Membership",
+    "MembershipParams",
+]
+
+
+class MemberState(enum.Enum):
+    ALIVE = "alive"
+    SUSPECT = "suspect"
+    DEAD = "dead"
+    LEFT = "left"
+
+    @property
+    def reachable(self) -> bool:
+        return self in (MemberState.ALIVE, MemberState.SUSPECT)
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipParams:
+    probe_interval_s: float = 1.0
+    probe_timeout_s: float = 0.4
+    indirect_probes: int = 3
+    suspicion_mult: float = 4.0
+    min_suspicion_s: float = 3.0
+    retransmit_mult: int = 3
+    max_piggyback: int = 8
+    push_pull_interval_s: float = 15.0
+    gossip_interval_s: float = 1.0
+    max_gossip_updates: int = 16
+    dead_retention_s: float = 600.0
+    # While no other member is known, seeds are asked again this often.
+    seed_retry_s: float = 2.0
+    max_members: int = 100_000
+    max_pending_indirect: int = 1024
+
+
+@dataclass(slots=True)
+class Member:
+    id: str
+    incarnation: int
+    state: MemberState
+    info: MemberInfo | None
+    state_since: float
+    last_seen: float
+
+    def as_update(self, by: str) -> Update:
+        match self.state:
+            case MemberState.ALIVE:
+                assert self.info is not None
+                return Alive(node_id=self.id, incarnation=self.incarnation, info=self.info)
+            case MemberState.SUSPECT:
+                return Suspect(node_id=self.id, incarnation=self.incarnation, by=by)
+            case MemberState.DEAD:
+                return Dead(node_id=self.id, incarnation=self.incarnation, by=by)
+            case MemberState.LEFT:
+                return Left(node_id=self.id, incarnation=self.incarnation)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChange:
+    node_id: str
+    kind: str  # "joined" | "updated" | "suspect" | "dead" | "left" | "alive" | "approval"
+
+
+@dataclass(slots=True)
+class _Probe:
+    target: str
+    seq: int
+    started_at: float
+    indirect_sent: bool = False
+    answered: bool = False
+
+
+@dataclass(slots=True)
+class _Broadcast:
+    update: Update
+    transmits_left: int
+
+
+@dataclass(slots=True)
+class _Outputs:
+    commands: list[Send | Publish] = field(default_factory=list)
+    changes: list[MemberChange] = field(default_factory=list)
+
+
+_APPROVAL_KEY: Final = "approval:"
+
+
+class Membership:
+    def __init__(
+        self,
+        self_id: str,
+        info: MemberInfo,
+        *,
+        rng: Rng,
+        now: float,
+        params: MembershipParams | None = None,
+        approvals: Iterable[Approval] = (),
+    ) -> None:
+        self.self_id = self_id
+        self.params = params or MembershipParams()
+        self._rng = rng
+        self.info = info
+        self.incarnation = 0
+        self.members: dict[str, Member] = {}
+        self.approvals: dict[str, Approval] = {a.node_id: a for a in approvals}
+        self._seeds: dict[str, tuple[str, ...]] = {}
+        self._seq = 0
+        self._probe: _Probe | None = None
+        self._probe_order: list[str] = []
+        self._next_probe_at = now
+        self._next_push_pull_at = now + self.params.push_pull_interval_s
+        self._next_gossip_at = now
+        self._next_seed_at = now
+        # seq of a probe made for someone else → (who asked, their seq)
+        self._indirect: dict[int, tuple[str, int, float]] = {}
+        self._broadcasts: dict[str, _Broadcast] = {}
+        self._to_gossip: dict[str, Update] = {}
+        self._out = _Outputs()
+        self.leaving = False
+        self.stats: dict[str, int] = {"updates_applied": 0, "probes_failed": 0}
+        self._originate(Alive(node_id=self_id, incarnation=0, info=info))
+
+    # --- views --------------------------------------------------------------------------------
+
+    def member(self, node_id: str) -> Member | None:
+        return self.members.get(node_id)
+
+    def reachable_ids(self) -> list[str]:
+        """Members believed up (alive or suspect), this node included, sorted."""
+        ids = [m.id for m in self.members.values() if m.state.reachable]
+        return sorted([self.self_id, *ids])
+
+    def is_reachable(self, node_id: str) -> bool:
+        if node_id == self.self_id:
+            return True
+        member = self.members.get(node_id)
+        return member is not None and member.state.reachable
+
+    def is_gone(self, node_id: str) -> bool:
+        """Declared dead or left (a node never heard of is not gone: it may be new)."""
+        member = self.members.get(node_id)
+        return member is not None and not member.state.reachable
+
+    def info_of(self, node_id: str) -> MemberInfo | None:
+        if node_id == self.self_id:
+            return self.info
+        member = self.members.get(node_id)
+        return member.info if member else None
+
+    def addrs_of(self, node_id: str) -> tuple[str, ...]:
+        info = self.info_of(node_id)
+        if info is not None and info.addrs:
+            return info.addrs
+        return self._seeds.get(node_id, ())
+
+    def approval_of(self, node_id: str) -> str:
+        approval = self.approvals.get(node_id)
+        return approval.decision if approval else "pending"
+
+    def next_deadline(self) -> float:
+        deadlines = [self._next_probe_at, self._next_push_pull_at]
+        probe = self._probe
+        # An answered probe needs no indirect round: its timeout is no deadline (counting it
+        # made every driver spin on a deadline in the past until the next probe).
+        if probe is not None and not probe.indirect_sent and not probe.answered:
+            deadlines.append(probe.started_at + self.params.probe_timeout_s)
+        if self._to_gossip:
+            deadlines.append(self._next_gossip_at)
+        if self._seeds and not self._others_known():
+            deadlines.append(self._next_seed_at)
+        suspects = [m for m in self.members.values() if m.state is MemberState.SUSPECT]
+        deadlines.extend(m.state_since + self._suspicion_timeout() for m in suspects)
+        return min(deadlines)
+
+    # --- inputs -------------------------------------------------------------------------------
+
+    def take_outputs(self) -> tuple[list[Send | Publish], list[MemberChange]]:
+        out, self._out = self._out, _Outputs()
+        return out.commands, out.changes
+
+    def add_seed(self, node_id: str, addrs: tuple[str, ...], now: float) -> None:
+        """A peer learned outside the mesh (bootstrap address, mDNS): ask it for its view."""
+        if node_id == self.self_id:
+            return
+        self._seeds[node_id] = addrs
+        self._push_pull(node_id, reply=True)
+        self._next_seed_at = now + self.params.seed_retry_s
+
+    def update_self(self, info: MemberInfo, now: float, *, announce: bool) -> None:
+        """This node's advertisement changed; `announce` also gossips it (label changes)."""
+        self.info = info
+        self.incarnation += 1
+        update = Alive(node_id=self.self_id, incarnation=self.incarnation, info=info)
+        if announce:
+            self._originate(update)
+        else:
+            self._queue_broadcast(self.self_id, update)
+
+    def leave(self, now: float) -> None:
+        self.leaving = True
+        self._originate(Left(node_id=self.self_id, incarnation=self.incarnation))
+        self._next_gossip_at = now
+        self._flush_gossip(now)
+        for member in self._sample(self._reachable_others(), self.params.indirect_probes):
+            self._send(member, PushPull(updates=(self._self_update(),)))
+
+    def decide_approval(self, node_id: str, decision: str, now: float) -> None:
+        approval = Approval(node_id=node_id, decision=decision, at=now, by=self.self_id)
+        self._apply(approval, now)
+        self._to_gossip[_APPROVAL_KEY + node_id] = approval
+
+    def forget(self, node_id: str) -> None:
+        """An operator deleted the node: drop it (it may rejoin with a higher incarnation)."""
+        self.members.pop(node_id, None)
+        self._seeds.pop(node_id, None)
+
+    def on_message(self, sender: str, message: Message, now: float) -> None:
+        member = self.members.get(sender)
+        if member is not None:
+            member.last_seen = now
+        match message:
+            case Ping():
+                self._apply_all(message.updates, now)
+                self._send(sender, Ack(seq=message.seq, updates=self._piggyback()))
+            case Ack():
+                self._apply_all(message.updates, now)
+                self._acked(sender, message.seq, now)
+            case PingReq():
+                self._apply_all(message.updates, now)
+                if len(self._indirect) < self.params.max_pending_indirect:
+                    self._seq += 1
+                    self._indirect[self._seq] = (sender, message.seq, now)
+                    self._send(
+                        message.target,
+                        Ping(seq=self._seq, updates=self._piggyback(), on_behalf=sender),
+                    )
+            case PushPull():
+                self._apply_all(message.updates, now)
+                if message.reply:
+                    self._push_pull(sender, reply=False)
+            case Announce():
+                self._apply_all(message.updates, now)
+            case _:
+                raise AssertionError(f"not a membership message: {type(message).__name__}")
+
+    def tick(self, now: float) -> None:
+        self._expire_suspects(now)
+        self._forget_dead(now)
+        self._run_probe(now)
+        if now >= self._next_push_pull_at:
+            self._next_push_pull_at = now + self._push_pull_interval()
+            # Dead members (not yet forgotten) are candidates too: after a partition heals,
+            # each side believes the other dead and probes only its own side, so without this
+            # nobody ever tells a "dead" node to refute, and the mesh stays split for good
+            # (found by the simulator; Serf's reconnect to failed members does the same job).
+            others = sorted(m.id for m in self.members.values() if m.state is not MemberState.LEFT)
+            if others:
+                self._push_pull(self._rng.choice(others), reply=True)
+        if self._seeds and not self._others_known() and now >= self._next_seed_at:
+            self._next_seed_at = now + self.params.seed_retry_s
+            for seed in sorted(self._seeds):
+                self._push_pull(seed, reply=True)
+        self._flush_gossip(now)
+        cutoff = now - 10 * self.params.probe_interval_s
+        for seq in [s for s, (_, _, at) in self._indirect.items() if at < cutoff]:
+            del self._indirect[seq]
+
+    # --- probing ------------------------------------------------------------------------------
+
+    def _run_probe(self, now: float) -> None:
+        probe = self._probe
+        if (
+            probe is not None
+            and not probe.answered
+            and not probe.indirect_sent
+            and now >= probe.started_at + self.params.probe_timeout_s
+        ):
+            probe.indirect_sent = True
+            helpers = [m for m in self._reachable_others() if m != probe.target]
+            for helper in self._sample(helpers, self.params.indirect_probes):
+                request = PingReq(seq=probe.seq, target=probe.target, updates=self._piggyback())
+                self._send(helper, request)
+        if now < self._next_probe_at:
+            return
+        if probe is not None and not probe.answered:
+            self.stats["probes_failed"] += 1
+            target = self.members.get(probe.target)
+            if target is not None and target.state is MemberState.ALIVE:
+                self._apply(
+                    Suspect(node_id=target.id, incarnation=target.incarnation, by=self.self_id),
+                    now,
+                )
+        self._probe = None
+        self._next_probe_at = now + self.params.probe_interval_s
+        target_id = self._next_probe_target()
+        if target_id is None:
+            return
+        self._seq += 1
+        self._probe = _Probe(target=target_id, seq=self._seq, started_at=now)
+        self._send(target_id, Ping(seq=self._seq, updates=self._piggyback()))
+
+    def _next_probe_target(self) -> str | None:
+        while self._probe_order:
+            candidate = self._probe_order.pop()
+            if candidate in self.members and self.members[candidate].state.reachable:
+                return candidate
+        others = self._reachable_others()
+        if not others:
+            return None
+        self._rng.shuffle(others)
+        self._probe_order = others
+        return self._probe_order.pop()
+
+    def _acked(self, sender: str, seq: int, now: float) -> None:
+        indirect = self._indirect.pop(seq, None)
+        if indirect is not None:
+            asker, their_seq, _ = indirect
+            self._send(asker, Ack(seq=their_seq, updates=self._piggyback()))
+            return
+        probe = self._probe
+        if probe is not None and probe.seq == seq:
+            probe.answered = True
+
+    def _expire_suspects(self, now: float) -> None:
+        timeout = self._suspicion_timeout()
+        for member in list(self.members.values()):
+            if member.state is MemberState.SUSPECT and now >= member.state_since + timeout:
+                dead = Dead(node_id=member.id, incarnation=member.incarnation, by=self.self_id)
+                self._apply(dead, now)
+                self._to_gossip[member.id] = dead
+
+    def _forget_dead(self, now: float) -> None:
+        cutoff = now - self.params.dead_retention_s
+        for member in list(self.members.values()):
+            if not member.state.reachable and member.state_since < cutoff:
+                del self.members[member.id]
+
+    def _suspicion_timeout(self) -> float:
+        n = len(self.members) + 1
+        scaled = self.params.suspicion_mult * max(1.0, math.log10(n)) * self.params.probe_interval_s
+        return max(self.params.min_suspicion_s, scaled)
+
+    # --- merging updates ----------------------------------------------------------------------
+
+    def _apply_all(self, updates: Iterable[Update], now: float) -> None:
+        for update in updates:
+            self._apply(update, now)
+
+    def _apply(self, update: Update, now: float) -> None:
+        if isinstance(update, Approval):
+            current = self.approvals.get(update.node_id)
+            if current is None or (update.at, update.by) > (current.at, current.by):
+                self.approvals[update.node_id] = update
+                self._queue_broadcast(_APPROVAL_KEY + update.node_id, update)
+                self._changed(update.node_id, "approval")
+                if update.decision == "deleted":
+                    self.forget(update.node_id)
+            return
+        if update.node_id == self.self_id:
+            self._about_me(update)
+            return
+        member = self.members.get(update.node_id)
+        if member is None:
+            if not isinstance(update, Alive) or len(self.members) >= self.params.max_members:
+                return  # news about a node we never saw alive: wait for its own word
+            self.members[update.node_id] = Member(
+                id=update.node_id,
+                incarnation=update.incarnation,
+                state=MemberState.ALIVE,
+                info=update.info,
+                state_since=now,
+                last_seen=now,
+            )
+            self._accepted(update, "joined")
+            return
+        match update:
+            case Alive():
+                newer = update.incarnation > member.incarnation
+                if not newer:
+                    return
+                was = member.state
+                member.incarnation, member.info = update.incarnation, update.info
+                if was is not MemberState.ALIVE:
+                    member.state, member.state_since = MemberState.ALIVE, now
+                self._accepted(update, "updated" if was is MemberState.ALIVE else "alive")
+            case Suspect():
+                if member.state is not MemberState.ALIVE or update.incarnation < member.incarnation:
+                    return
+                member.state, member.state_since = MemberState.SUSPECT, now
+                member.incarnation = update.incarnation
+                self._accepted(update, "suspect")
+            case Dead():
+                if not member.state.reachable or update.incarnation < member.incarnation:
+                    return
+                member.state, member.state_since = MemberState.DEAD, now
+                member.incarnation = update.incarnation
+                self._accepted(update, "dead")
+            case Left():
+                if member.state is MemberState.LEFT or update.incarnation < member.incarnation:
+                    return
+                member.state, member.state_since = MemberState.LEFT, now
+                member.incarnation = update.incarnation
+                self._accepted(update, "left")
+
+    def _about_me(self, update: Alive | Suspect | Dead | Left) -> None:
+        """Others' claims about this node: refute suspicion and death, raise a stale
+        incarnation (after a restart others may remember a higher one)."""
+        if self.leaving:
+            return
+        refute = (
+            isinstance(update, Suspect | Dead | Left) and update.incarnation >= self.incarnation
+        )
+        stale = isinstance(update, Alive) and update.incarnation > self.incarnation
+        if refute or stale:
+            self.incarnation = update.incarnation + 1
+            self._originate(self._self_update())
+
+    def _accepted(self, update: Alive | Suspect | Dead | Left, kind: str) -> None:
+        self.stats["updates_applied"] += 1
+        self._queue_broadcast(update.node_id, update)
+        self._changed(update.node_id, kind)
+
+    def _changed(self, node_id: str, kind: str) -> None:
+        self._out.changes.append(MemberChange(node_id, kind))
+
+    # --- dissemination ------------------------------------------------------------------------
+
+    def _self_update(self) -> Alive:
+        return Alive(node_id=self.self_id, incarnation=self.incarnation, info=self.info)
+
+    def _originate(self, update: Update) -> None:
+        key = update.node_id
+        self._queue_broadcast(key, update)
+        self._to_gossip[key] = update
+
+    def _queue_broadcast(self, key: str, update: Update) -> None:
+        n = len(self.members) + 1
+        transmits = self.params.retransmit_mult * max(1, math.ceil(math.log10(n + 1)))
+        self._broadcasts[key] = _Broadcast(update, transmits)
+
+    def _piggyback(self) -> tuple[Update, ...]:
+        chosen = sorted(self._broadcasts.items(), key=lambda kv: -kv[1].transmits_left)
+        chosen = chosen[: self.params.max_piggyback]
+        for key, broadcast in chosen:
+            broadcast.transmits_left -= 1
+            if broadcast.transmits_left <= 0:
+                del self._broadcasts[key]
+        return tuple(b.update for _, b in chosen)
+
+    def _flush_gossip(self, now: float) -> None:
+        if not self._to_gossip or now < self._next_gossip_at:
+            return
+        keys = sorted(self._to_gossip)[: self.params.max_gossip_updates]
+        updates = tuple(self._to_gossip.pop(key) for key in keys)
+        self._out.commands.append(Publish(Announce(updates=updates)))
+        self._next_gossip_at = now + self.params.gossip_interval_s
+
+    def _push_pull(self, peer: str, *, reply: bool) -> None:
+        updates: list[Update] = [self._self_update()]
+        updates.extend(m.as_update(self.self_id) for m in self.members.values() if m.info)
+        updates.extend(self.approvals.values())
+        self._send(peer, PushPull(updates=tuple(updates), reply=reply))
+
+    def _push_pull_interval(self) -> float:
+        """Scaled as memberlist does: past 32 members, longer intervals keep the per-node cost
+        of anti-entropy roughly flat."""
+        n = len(self.members) + 1
+        scale = max(1.0, math.ceil(math.log2(n) - math.log2(32)) + 1.0) if n > 32 else 1.0
+        return self.params.push_pull_interval_s * scale
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _send(self, peer: str, message: Message) -> None:
+        self._out.commands.append(Send(peer, message, self.addrs_of(peer)))
+
+    def _reachable_others(self) -> list[str]:
+        return sorted(m.id for m in self.members.values() if m.state.reachable)
+
+    def _others_known(self) -> bool:
+        return any(m.state.reachable for m in self.members.values())
+
+    def _sample(self, population: list[str], k: int) -> list[str]:
+        if len(population) <= k:
+            return population
+        return list(self._rng.sample(population, k))
+
+    def replace_info(self, **changes: object) -> MemberInfo:
+        return replace(self.info, **changes)
