@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import quote
 
 from meshnode.cli.client import ApiClient, ApiError, path_of
 from meshnode.cli.output import (
@@ -338,8 +339,12 @@ def download_results(
             f"job {full_id} has no completed execution: no results to download (job {state})"
         )
     folder = output_dir if output_dir is not None else cwd / f"job-{short_id(full_id)}"
-    targets = [(str(field(e, "ID")), folder / str(field(e, "ID"))) for e in completed]
-    for _, target in targets:
+    # The node that ran each execution has its files: `node` lets any node route there.
+    targets = [
+        (str(field(e, "ID")), str(field(e, "NodeID", default="")), folder / str(field(e, "ID")))
+        for e in completed
+    ]
+    for _, _, target in targets:
         if target.exists() and any(target.iterdir()):
             raise MeshnodeError(f"{target} already exists and is not empty: not overwriting it")
     created = not folder.exists()
@@ -361,16 +366,19 @@ def _download_each(
     client: ApiClient,
     console: Console,
     folder: Path,
-    targets: Sequence[tuple[str, Path]],
+    targets: Sequence[tuple[str, str, Path]],
 ) -> int:
     from meshnode.cli.archive import extract_archive  # tarfile is only needed here
 
     downloaded = 0
-    for execution_id, target in targets:
+    for execution_id, node_id, target in targets:
         part = folder / f".{execution_id}.tar.gz.part"
+        path = path_of(EXECUTIONS_PATH, execution_id) + "/results"
+        if node_id:
+            path += f"?node={quote(node_id, safe='')}"
         try:
             with open(part, "wb") as sink:
-                size = client.download(path_of(EXECUTIONS_PATH, execution_id) + "/results", sink)
+                size = client.download(path, sink)
             if size == 0:
                 raise MeshnodeError(
                     f"the node sent an empty results archive for execution {execution_id}"

@@ -275,8 +275,10 @@ class Node:
         return stats
 
     def route_job(self, job_ref: str) -> RouteDecision:
-        """Where questions about a job are answered: its primary requester, or here when this
-        node is that primary, or holds the job's final record."""
+        """Where questions about a job are answered: here when this node holds the job
+        (primary or replica: a replica has every change a majority acknowledged, so its
+        answer lags the primary's by at most the change in flight) or its final record;
+        otherwise its primary requester."""
         try:
             job = self._store.job(job_ref)
         except MeshnodeError:
@@ -285,7 +287,7 @@ class Node:
             if primary and primary != self._core.node_id:
                 return RouteDecision(peer=primary)
             return RouteDecision(search=True)
-        if self._core.requester.is_primary(job.id):
+        if job.id in self._core.requester.held:
             return RouteDecision()
         if job.state.terminal and self._core.job(job.id) is None:
             return RouteDecision()  # a final record does not change any more

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import logging
 import secrets
 from collections import OrderedDict, deque
@@ -264,6 +265,7 @@ def _key_pair_from_seed(seed: bytes) -> tuple[KeyPair, str]:
     return key_pair, actual
 
 
+@functools.lru_cache(maxsize=4096)
 def _parse_peer_id(text: str) -> ID:
     try:
         raw = base58.b58decode(text)
@@ -483,6 +485,7 @@ class MeshTransport:
         self.stats: dict[str, int] = dict.fromkeys(STAT_NAMES, 0)
         self._senders: dict[ID, _PeerSender] = {}
         self._known_addrs: OrderedDict[ID, list[multiaddr.Multiaddr]] = OrderedDict()
+        self._addr_hints: dict[str, tuple[str, ...]] = {}
         self._connected: set[ID] = set()
         self._disconnect_events: dict[ID, trio.Event] = {}
         self._host: IHost | None = None
@@ -652,7 +655,11 @@ class MeshTransport:
                 f"frame of {len(frame)} bytes exceeds max_frame_bytes "
                 f"({self._config.max_frame_bytes})"
             )
-        if addrs:
+        if addrs and self._addr_hints.get(peer_id) != tuple(addrs):
+            # Parsing multiaddrs is costly: only when a peer's hints change.
+            self._addr_hints[peer_id] = tuple(addrs)
+            while len(self._addr_hints) > _MAX_KNOWN_PEERS:
+                del self._addr_hints[next(iter(self._addr_hints))]
             self.add_peer_addrs(peer_id, addrs)
         if self._nursery is None:
             self.stats["frames_dropped_not_running"] += 1

@@ -276,3 +276,27 @@ def test_hostile_peer_frames_are_dropped_and_counted_and_the_node_keeps_serving(
     job_id = node.submit(wasm_job("batch", wasm_modules.hello("still serving")))
     assert node.wait_for(job_id)["State"]["StateType"] == "Completed"
     assert node.process is not None and node.process.poll() is None
+
+
+def test_logs_follow_and_job_get_reach_the_node_that_ran_it(mesh: Mesh, tmp_path: Path) -> None:
+    asking = mesh.add("--labels", "name=asking")
+    mesh.add("--labels", "name=running")
+    mesh.wait_converged()
+    job = wasm_job("batch", wasm_modules.sleep_then_print(2.0))
+    job["Constraints"] = [{"Key": "name", "Operator": "=", "Values": ["running"]}]
+    job_id = asking.submit(job)
+    follow = subprocess.run(
+        [meshnode_executable(), "job", "logs", "--follow", job_id, "--api-port", str(asking.port)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert follow.stdout.splitlines() == ["sleeping", "awake"]
+    assert asking.wait_for(job_id)["State"]["StateType"] == "Completed"
+    (execution,) = asking.executions(job_id)
+    assert execution["NodeID"] == mesh.nodes[1].node_id
+    got = subprocess.run(
+        [meshnode_executable(), "job", "get", job_id, "--api-port", str(asking.port)],
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    (folder,) = [p for p in tmp_path.iterdir() if p.name.startswith("job-")]
+    assert (folder / execution["ID"] / "stdout").read_text() == "sleeping\nawake\n"
