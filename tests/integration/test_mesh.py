@@ -300,3 +300,16 @@ def test_logs_follow_and_job_get_reach_the_node_that_ran_it(mesh: Mesh, tmp_path
     assert got.returncode == 0, got.stderr
     (folder,) = [p for p in tmp_path.iterdir() if p.name.startswith("job-")]
     assert (folder / execution["ID"] / "stdout").read_text() == "sleeping\nawake\n"
+
+
+def test_a_bid_probe_that_says_no_keeps_work_off_its_node_and_says_why(mesh: Mesh) -> None:
+    willing = mesh.add()
+    refusing = mesh.add("--bid-probe-exec", "sh -c 'echo maintenance window >&2; exit 1'")
+    mesh.wait_converged()
+    job_id = willing.submit(wasm_job("ops", wasm_modules.hello("probed")))
+    assert refusing.wait_for(job_id)["State"]["StateType"] in ("Completed", "Failed")
+    executions = {e["NodeID"]: e for e in willing.executions(job_id)}
+    assert executions[willing.node_id]["ComputeState"]["StateType"] == COMPLETED
+    refused = executions[refusing.node_id]
+    assert refused["ComputeState"]["StateType"] == 4  # AskForBidRejected
+    assert "maintenance window" in refused["ComputeState"]["Message"]
