@@ -38,6 +38,9 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.discovery.events.peerDiscovery import peerDiscovery
+from libp2p.discovery.mdns.broadcaster import PeerBroadcaster
+from libp2p.discovery.mdns.listener import PeerListener
+from libp2p.discovery.mdns.mdns import SERVICE_TYPE as _MDNS_SERVICE_TYPE
 from libp2p.exceptions import BaseLibp2pError
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
@@ -48,6 +51,7 @@ from libp2p.stream_muxer.yamux import yamux
 from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils.address_validation import expand_wildcard_address
 from libp2p.utils.varint import encode_uvarint
+from zeroconf import InterfaceChoice, IPVersion, Zeroconf
 
 from meshnode.errors import LocalProtocolError, MeshnodeError, RemoteProtocolError
 from meshnode.runtime import libp2p_patches
@@ -81,6 +85,7 @@ _SEND_BATCH_BYTES: Final = 256 * 1024  # frames coalesced into one stream write
 _PUBLISH_QUEUE_MESSAGES: Final = 4096
 MAX_GOSSIP_PAYLOAD_BYTES: Final = 512 * 1024  # pubsub refuses RPCs over 1 MiB
 _DISCOVERED_QUEUE_PEERS: Final = 256
+_MAX_DISCOVERED_DIALS: Final = 64  # peers found by mDNS being dialled at once
 _READ_CHUNK_BYTES: Final = 64 * 1024
 
 # Timings.
@@ -92,6 +97,9 @@ _SENDER_MAX_DIAL_ATTEMPTS: Final = 6  # then the queued frames are dropped (~15 
 _BOOTSTRAP_RETRY_INITIAL_S: Final = 1.0
 _BOOTSTRAP_RETRY_MAX_S: Final = 30.0
 _CLOSE_TIMEOUT_S: Final = 5.0
+_DISCOVERED_DIAL_ATTEMPTS: Final = 4  # mDNS reports a peer once: retry 1 s, 2 s, 4 s
+_DISCOVERED_RETRY_INITIAL_S: Final = 1.0
+_MDNS_ADDR_TTL_S: Final = 120  # how long the addresses a peer announces stay in the peerstore
 _PEERSTORE_ADDR_TTL_S: Final = 3600
 
 # GossipSub, configured explicitly: the defaults lose almost every message (heartbeat 120 s,
@@ -338,6 +346,90 @@ def _ignore(*_: object) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# mDNS: finding peers on the local network
+
+
+def _announced_addrs(addrs: Sequence[str]) -> list[str]:
+    """The addresses we announce over mDNS: `_dialable_addrs`, and never a wildcard.
+
+    libp2p's own mDNS (`new_host(enable_mDNS=True)`) announced `/ip4/0.0.0.0/tcp/N`: a peer
+    that dials it reaches its own port N (itself, and the handshake fails on the peer id) or
+    nothing, so two nodes never met. `_dialable_addrs` expands a wildcard to the interfaces'
+    addresses, except on a host with no interface but loopback, where libp2p leaves the
+    wildcard as it is: there we announce loopback, the only place that multicast goes.
+    """
+    loopback = {"/ip4/0.0.0.0/": "/ip4/127.0.0.1/", "/ip6/::/": "/ip6/::1/"}
+    result: list[str] = []
+    for text in addrs:
+        wildcard = next((w for w in loopback if text.startswith(w)), None)
+        result.append(text if wildcard is None else loopback[wildcard] + text[len(wildcard) :])
+    return list(dict.fromkeys(result))
+
+
+class _Broadcaster(PeerBroadcaster):
+    """libp2p's mDNS announcer, whose A/AAAA records hold the addresses we listen on.
+
+    Upstream puts there the source address of a route to 8.8.8.8 (127.0.0.1 where there is
+    no default route, as in an isolated network namespace). Peers dial the TXT records,
+    which upstream builds from `listen_addrs`; the A records only have to be true.
+    """
+
+    def _get_local_ips(self) -> list[str]:
+        ips = []
+        for text in self.listen_addrs or ():
+            parts = text.split("/")
+            if len(parts) > 2 and parts[1] in ("ip4", "ip6"):
+                ips.append(parts[2])
+        return list(dict.fromkeys(ips)) or ["127.0.0.1"]
+
+
+class _LocalDiscovery:
+    """mDNS: announce our addresses, and report peers that announce theirs to libp2p's
+    `peerDiscovery` (a process-wide singleton), from zeroconf's browser thread.
+
+    Built from libp2p's mDNS parts instead of `new_host(enable_mDNS=True)`, which announced
+    a wildcard (see `_announced_addrs`) with the default port 4001 in its SRV record, and
+    ran zeroconf's blocking calls (probing takes about a second) on trio's thread. Every
+    method here blocks: call them from a worker thread.
+    """
+
+    def __init__(self, peerstore: Any, peer_id: str, listen_host: str, addrs: list[str]) -> None:
+        # Answer only where we listen: a node bound to one address cannot be reached through
+        # the other interfaces, and one bound to 127.0.0.1 keeps mDNS on this machine.
+        wildcard = listen_host in ("0.0.0.0", "::")
+        self._zeroconf = Zeroconf(
+            interfaces=InterfaceChoice.All if wildcard else [listen_host],
+            ip_version=IPVersion.V6Only if ":" in listen_host else IPVersion.V4Only,
+        )
+        try:
+            name = f"{secrets.token_hex(16)}.{_MDNS_SERVICE_TYPE}"
+            self._broadcaster = _Broadcaster(
+                zeroconf=self._zeroconf,
+                service_type=_MDNS_SERVICE_TYPE,
+                service_name=name,
+                peer_id=peer_id,
+                port=int(multiaddr.Multiaddr(addrs[0]).value_for_protocol("tcp")),
+                listen_addrs=addrs,
+            )
+            # Browses from here on: peers announced before we registered are found too.
+            self._listener = PeerListener(
+                peerstore, self._zeroconf, _MDNS_SERVICE_TYPE, name, ttl=_MDNS_ADDR_TTL_S
+            )
+            self._broadcaster.register()
+        except BaseException:
+            self._zeroconf.close()
+            raise
+
+    def close(self) -> None:
+        """Say goodbye (peers drop our record at once) and stop browsing."""
+        try:
+            self._broadcaster.unregister()
+            self._listener.stop()
+        finally:
+            self._zeroconf.close()
+
+
+# ---------------------------------------------------------------------------------------------
 # Shutdown
 
 
@@ -497,6 +589,7 @@ class MeshTransport:
         self._discovered_send, self._discovered_receive = trio.open_memory_channel[PeerInfo](
             _DISCOVERED_QUEUE_PEERS
         )
+        self._discovered_dials: set[ID] = set()  # peers found by mDNS being dialled
         self._trio_token: trio.lowlevel.TrioToken | None = None
         self._stopping = False  # set when run() starts to shut down (see _clean_exit)
 
@@ -517,9 +610,8 @@ class MeshTransport:
             # reset a stream whose reader paused for 5 s.
             muxer_opt={TProtocol(yamux.PROTOCOL_ID): yamux.Yamux},
             listen_addrs=[_listen_multiaddr(config.listen_host, config.swarm_port)],
-            # libp2p's mDNS: zeroconf announces us and fills the peerstore; it does not dial,
-            # so `_on_peer_discovered` does (see run()).
-            enable_mDNS=config.enable_mdns,
+            # No `enable_mDNS=`: libp2p's announces 0.0.0.0, which no peer can dial;
+            # `_run_mdns` runs its parts with our real addresses (see `_LocalDiscovery`).
             # Private network: libp2p wants the key as 64 hex characters.
             psk=config.swarm_key.hex() if config.swarm_key is not None else None,
             # No `bootstrap=`: libp2p's own retry drops a peer for good after 3 failures
@@ -556,6 +648,8 @@ class MeshTransport:
                             nursery.start_soon(self._receive_gossip, subscription)
                             nursery.start_soon(self._publish_queued)
                             nursery.start_soon(self._dial_discovered)
+                            if self._config.enable_mdns:
+                                nursery.start_soon(self._run_mdns)
                             for peer_info in self._bootstrap:
                                 if peer_info.peer_id != self._id:
                                     nursery.start_soon(self._keep_connected, peer_info)
@@ -899,6 +993,30 @@ class MeshTransport:
             event.set()
         self._on_peer_disconnected(peer.to_base58())
 
+    async def _run_mdns(self) -> None:
+        """Announce us on the local network and look for peers there (mDNS) until cancelled.
+
+        mDNS is a convenience: if zeroconf cannot start, the node runs on without it.
+        """
+        addrs = _announced_addrs(self.listen_addrs())
+        peerstore = self._require_host().get_peerstore()
+        try:
+            discovery = await trio.to_thread.run_sync(
+                _LocalDiscovery, peerstore, self.peer_id, self._config.listen_host, addrs
+            )
+        except Exception as error:
+            LOGGER.warning("mDNS discovery is off, it did not start: %r", error)
+            return
+        LOGGER.debug("mDNS: announcing %s", addrs)
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT_S):
+                try:
+                    await trio.to_thread.run_sync(discovery.close, abandon_on_cancel=True)
+                except Exception as error:
+                    LOGGER.debug("stopping mDNS: %r", error)
+
     def _on_peer_discovered(self, peer_info: PeerInfo) -> None:
         """Called by libp2p's mDNS listener, from zeroconf's thread: hand over to trio."""
         token = self._trio_token
@@ -912,16 +1030,44 @@ class MeshTransport:
             self._discovered_send.send_nowait(peer_info)
 
     async def _dial_discovered(self) -> None:
-        async for peer_info in self._discovered_receive:
-            self.stats["peers_discovered"] += 1
-            if peer_info.peer_id in self._connected:
-                continue
-            try:
-                with trio.fail_after(self._config.connect_timeout_s):
-                    await self._dial(peer_info.peer_id, peer_info.addrs)
-            except Exception as error:
-                self._note_failure(error, "dialling discovered peer %s", peer_info.peer_id)
-                self.stats["dial_failures"] += 1
+        """Dial every peer mDNS finds, each in its own task: a dial may take its whole
+        deadline (a peer with another swarm key), and must not hold up the others."""
+        async with trio.open_nursery() as nursery:
+            async for peer_info in self._discovered_receive:
+                self.stats["peers_discovered"] += 1
+                peer = peer_info.peer_id
+                self.add_peer_addrs(peer.to_base58(), [str(a) for a in peer_info.addrs])
+                if peer in self._connected or peer in self._discovered_dials:
+                    continue
+                if len(self._discovered_dials) >= _MAX_DISCOVERED_DIALS:
+                    LOGGER.debug("not dialling discovered peer %s: too many dials", peer)
+                    continue
+                self._discovered_dials.add(peer)
+                nursery.start_soon(self._dial_discovered_peer, peer, list(peer_info.addrs))
+
+    async def _dial_discovered_peer(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> None:
+        """mDNS reports a peer once (until it announces itself again): retry a few times, so
+        that one failed dial (the peer still starting, a lost packet) is not the end."""
+        retry_s = _DISCOVERED_RETRY_INITIAL_S
+        try:
+            for attempt in range(_DISCOVERED_DIAL_ATTEMPTS):
+                if attempt:
+                    await trio.sleep(retry_s)
+                    retry_s *= 2
+                if peer in self._connected:
+                    return
+                try:
+                    with trio.fail_after(self._config.connect_timeout_s):
+                        await self._dial(peer, addrs)
+                except Exception as error:
+                    self._note_failure(error, "dialling discovered peer %s", peer)
+                    self.stats["dial_failures"] += 1
+                    continue
+                # connect() returns once the connection is up; the notifee may run later.
+                self._on_connection_opened(peer)
+                return
+        finally:
+            self._discovered_dials.discard(peer)
 
     def _require_host(self) -> IHost:
         if self._host is None:
