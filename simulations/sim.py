@@ -26,7 +26,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from meshnode.core.commands import (
@@ -179,6 +179,9 @@ class _Submission:
     job_id: str = ""
     accepted_at: float | None = None
     refused: str = ""
+    # The entry node crashed before answering: the client's request died with it (it would
+    # retry); not a lost job, since the mesh never said it accepted it.
+    entry_lost: bool = False
     stop_requested: bool = False
 
 
@@ -190,6 +193,7 @@ class Report:
     trace_hash: str = ""
     submitted: int = 0
     accepted: int = 0
+    entry_lost: int = 0  # unanswered when their entry node crashed
     states: Counter[str] = field(default_factory=Counter)
     batch_latency_p50_s: float = math.nan
     batch_latency_p99_s: float = math.nan
@@ -212,7 +216,8 @@ class Report:
         return (
             f"seed {self.config.seed}: {self.wall_s:.1f} s wall, {self.end_s:.0f} s simulated, "
             f"{self.handled_events} events; jobs {self.submitted} submitted, {self.accepted} "
-            f"accepted ({states}); batch submit→end p50 {self.batch_latency_p50_s:.1f} s p99 "
+            f"accepted ({states}), {self.entry_lost} unanswered (entry crashed); "
+            f"batch submit→end p50 {self.batch_latency_p50_s:.1f} s p99 "
             f"{self.batch_latency_p99_s:.1f} s; per node {self.messages_per_node_s:.1f} msg/s "
             f"{self.bytes_per_node_s:.0f} B/s (membership {self.membership_bytes_per_node_s:.0f}"
             f" B/s); crash→replaced p50 {self.replacement_p50_s:.1f} s max "
@@ -294,6 +299,7 @@ class Simulation:
         # Jobs.
         self.submissions: dict[str, _Submission] = {}
         self.by_job: dict[str, _Submission] = {}
+        self.unanswered_jobs: set[str] = set()  # submitted through an entry that crashed
         self.job_types: dict[str, str] = {}
         self.terminal_at: dict[str, float] = {}
         self.replies: dict[str, Reply] = {}
@@ -565,10 +571,13 @@ class Simulation:
         node.up = True
         node.tick_at = None
         disk = node.disk
+        # As the runtime does: a node started with peers to find waits for its view of the
+        # mesh before it takes over jobs.
+        params = replace(self.params, settle_s=3.0) if seeds else self.params
         node.core = NodeCore(
             node.info,
             rng=random.Random(f"{self.config.seed}/{node.id}/{node.boots}"),
-            params=self.params,
+            params=params,
             jobs=list(disk.jobs.values()),
             executions=list(disk.executions.values()),
             runs=list(disk.runs.values()),
@@ -595,6 +604,14 @@ class Simulation:
                 del self.running[execution_id]
                 lost.append((execution_id, real.job_id))
         self.crash_log.append((self.now, node_id, lost))
+        for submission in self.submissions.values():
+            if submission.entry == node_id and not submission.job_id and not submission.refused:
+                submission.entry_lost = True
+                # The mesh may have accepted it all the same: it may run, but nobody checks it.
+                assert node.core is not None
+                job_id = node.core.requester.pending_submission(submission.request_id)
+                if job_id:
+                    self.unanswered_jobs.add(job_id)
         node.up = False
         node.core = None
         node.boots += 1  # anything addressed to the old process is dropped
@@ -810,7 +827,7 @@ class Simulation:
                     )
         # Nothing runs for a job nobody knows about.
         for execution_id, real in sorted(self.running.items()):
-            if real.job_id not in self.by_job:
+            if real.job_id not in self.by_job and real.job_id not in self.unanswered_jobs:
                 self.fail(f"execution {execution_id} of unknown job {real.job_id} still runs")
 
     # --- metrics ------------------------------------------------------------------------------
@@ -845,6 +862,9 @@ class Simulation:
         report.trace_hash = self._trace.hexdigest()
         report.submitted = len(self.submissions)
         report.accepted = len(self.by_job)
+        report.entry_lost = sum(
+            1 for s in self.submissions.values() if s.entry_lost and not s.job_id
+        )
         for job_id in self.by_job:
             job = self.newest_job(job_id)
             report.states[job.state.value if job else "lost"] += 1

@@ -267,7 +267,15 @@ class ComputeSide:
                 execution=execution, job=message.job, requester=sender, term=message.term
             )
             self._put(run, fx)
-            self._report(run, now, fx)
+            fx.send(
+                sender,
+                JobAck(job_id=message.job_id, execution_id=execution.id),
+                self._addrs(sender),
+            )
+            self.start_from_queue(now, fx)
+            if self.runs[run.id].phase == "queued":  # (a start was reported already)
+                self._report(self.runs[run.id], now, fx)
+            return
         elif run.requester != sender or run.term != message.term:
             self._put(replace(run, requester=sender, term=message.term), fx)
         fx.send(

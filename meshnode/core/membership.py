@@ -85,6 +85,8 @@ class MembershipParams:
     seed_retry_s: float = 2.0
     max_members: int = 100_000
     max_pending_indirect: int = 1024
+    # A member believed dead that still sends is told so at most this often (`heard_from`).
+    told_dead_every_s: float = 5.0
 
 
 @dataclass(slots=True)
@@ -112,7 +114,9 @@ class Member:
 @dataclass(frozen=True, slots=True)
 class MemberChange:
     node_id: str
-    kind: str  # "joined" | "updated" | "suspect" | "dead" | "left" | "alive" | "approval"
+    # "joined" | "updated" | "load" | "suspect" | "dead" | "left" | "alive" | "approval";
+    # "load": only the advertised free resources or running count changed.
+    kind: str
 
 
 @dataclass(slots=True)
@@ -137,6 +141,17 @@ class _Outputs:
 
 
 _APPROVAL_KEY: Final = "approval:"
+
+
+def _same_offer(old: MemberInfo, new: MemberInfo) -> bool:
+    """Whether two advertisements differ at most in load (free resources, running)."""
+    return (
+        old.node == new.node
+        and old.roles == new.roles
+        and old.addrs == new.addrs
+        and old.version == new.version
+        and old.api == new.api
+    )
 
 
 class Membership:
@@ -171,6 +186,13 @@ class Membership:
         self._to_gossip: dict[str, Update] = {}
         self._out = _Outputs()
         self.leaving = False
+        # Bumped on every change of who is known, reachable or approved: views derived from
+        # the members (the requester candidates) are rebuilt only when it moves.
+        self.version = 0
+        self._told_dead: dict[str, float] = {}  # when a "dead" sender was last told so
+        self._index_version = -1
+        self._suspects: list[Member] = []
+        self._gone: list[Member] = []
         self.stats: dict[str, int] = {"updates_applied": 0, "probes_failed": 0}
         self._originate(Alive(node_id=self_id, incarnation=0, info=info))
 
@@ -222,8 +244,10 @@ class Membership:
             deadlines.append(self._next_gossip_at)
         if self._seeds and not self._others_known():
             deadlines.append(self._next_seed_at)
-        suspects = [m for m in self.members.values() if m.state is MemberState.SUSPECT]
-        deadlines.extend(m.state_since + self._suspicion_timeout() for m in suspects)
+        suspects, _ = self._index()
+        if suspects:
+            timeout = self._suspicion_timeout()
+            deadlines.extend(m.state_since + timeout for m in suspects)
         return min(deadlines)
 
     # --- inputs -------------------------------------------------------------------------------
@@ -267,6 +291,24 @@ class Membership:
         """An operator deleted the node: drop it (it may rejoin with a higher incarnation)."""
         self.members.pop(node_id, None)
         self._seeds.pop(node_id, None)
+        self.version += 1
+
+    def heard_from(self, sender: str, now: float) -> None:
+        """Any message from `sender` arrived. If this node believes it dead, push-pull with
+        it: it learns who this side believes dead and they refute at once, and this side
+        learns its view. After a partition heals, each side believes the other dead and
+        otherwise learned better only from the periodic push-pull (one random member every
+        15 s or more), while the requesters of both sides fought over their jobs
+        (simulator: 5x the events, hundreds of transient Count violations)."""
+        member = self.members.get(sender)
+        if member is None or member.state is not MemberState.DEAD:
+            return
+        if now < self._told_dead.get(sender, -math.inf) + self.params.told_dead_every_s:
+            return
+        self._told_dead[sender] = now
+        if len(self._told_dead) > self.params.max_pending_indirect:
+            self._told_dead.clear()
+        self._push_pull(sender, reply=True)
 
     def on_message(self, sender: str, message: Message, now: float) -> None:
         member = self.members.get(sender)
@@ -375,9 +417,22 @@ class Membership:
         if probe is not None and probe.seq == seq:
             probe.answered = True
 
+    def _index(self) -> tuple[list[Member], list[Member]]:
+        """Suspects and gone (dead or left) members, rebuilt only when `version` moved:
+        scanning every member on every tick was a hot spot of large simulations."""
+        if self._index_version != self.version:
+            self._index_version = self.version
+            members = self.members.values()
+            self._suspects = [m for m in members if m.state is MemberState.SUSPECT]
+            self._gone = [m for m in members if not m.state.reachable]
+        return self._suspects, self._gone
+
     def _expire_suspects(self, now: float) -> None:
+        suspects, _ = self._index()
+        if not suspects:
+            return
         timeout = self._suspicion_timeout()
-        for member in list(self.members.values()):
+        for member in list(suspects):
             if member.state is MemberState.SUSPECT and now >= member.state_since + timeout:
                 dead = Dead(node_id=member.id, incarnation=member.incarnation, by=self.self_id)
                 self._apply(dead, now)
@@ -385,9 +440,12 @@ class Membership:
 
     def _forget_dead(self, now: float) -> None:
         cutoff = now - self.params.dead_retention_s
-        for member in list(self.members.values()):
-            if not member.state.reachable and member.state_since < cutoff:
+        _, gone = self._index()
+        for member in list(gone):
+            gone_long = not member.state.reachable and member.state_since < cutoff
+            if gone_long and self.members.get(member.id) is member:
                 del self.members[member.id]
+                self.version += 1
 
     def _suspicion_timeout(self) -> float:
         n = len(self.members) + 1
@@ -432,11 +490,16 @@ class Membership:
                 newer = update.incarnation > member.incarnation
                 if not newer:
                     return
-                was = member.state
+                was, was_info = member.state, member.info
                 member.incarnation, member.info = update.incarnation, update.info
                 if was is not MemberState.ALIVE:
                     member.state, member.state_since = MemberState.ALIVE, now
-                self._accepted(update, "updated" if was is MemberState.ALIVE else "alive")
+                    kind = "alive"
+                elif was_info is not None and _same_offer(was_info, update.info):
+                    kind = "load"  # only free resources / running count moved
+                else:
+                    kind = "updated"
+                self._accepted(update, kind)
             case Suspect():
                 if member.state is not MemberState.ALIVE or update.incarnation < member.incarnation:
                     return
@@ -475,6 +538,7 @@ class Membership:
         self._changed(update.node_id, kind)
 
     def _changed(self, node_id: str, kind: str) -> None:
+        self.version += 1
         self._out.changes.append(MemberChange(node_id, kind))
 
     # --- dissemination ------------------------------------------------------------------------

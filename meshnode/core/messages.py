@@ -41,6 +41,7 @@ __all__ = [
     "FetchJob",
     "FetchJobReply",
     "Handover",
+    "HandoverAck",
     "JobAck",
     "Left",
     "MemberInfo",
@@ -249,6 +250,13 @@ class Handover(_Wire, frozen=True):
     answers: tuple[tuple[str, SubmitAck | RequestReply], ...] = ()
 
 
+class HandoverAck(_Wire, frozen=True):
+    """The receiver of a `Handover` holds the records now: the sender may let go of them."""
+
+    job_id: str
+    term: int
+
+
 # --- bidding and execution ------------------------------------------------------------------
 
 
@@ -345,6 +353,7 @@ Message = (
     | FetchJob
     | FetchJobReply
     | Handover
+    | HandoverAck
     | AskForBid
     | Bid
     | StartRun

@@ -36,7 +36,6 @@ from meshnode.core.commands import (
 )
 from meshnode.core.compute import ComputeParams, ComputeSide
 from meshnode.core.effects import Effects
-from meshnode.core.election import rank
 from meshnode.core.ids import Rng
 from meshnode.core.membership import Member, MemberChange, Membership, MembershipParams
 from meshnode.core.messages import (
@@ -60,6 +59,7 @@ from meshnode.core.policy import Policy
 from meshnode.core.records import ExecutionRecord, JobRecord, LocalRun, NodeInfo
 from meshnode.core.requester import RequesterParams, RequesterSide
 from meshnode.core.resources import DEFAULT_REQUEST, ResourceAmounts
+from meshnode.core.states import JobState
 from meshnode.errors import RemoteProtocolError
 
 __all__ = [
@@ -97,6 +97,8 @@ _MAX_ROUNDS: Final = 10_000
 _GOSSIP_TYPES: Final = (Announce, RequesterClaim)
 _MEMBERSHIP_TYPES: Final = (Ping, Ack, PingReq, PushPull)
 _COMPUTE_TYPES: Final = (AskForBid, StartRun, StopRun, Adopt, ReportAck)
+_NO_PLAN_CHANGE: Final = frozenset({"load", "suspect"})
+_NODE_GONE: Final = frozenset({"dead", "left"})
 
 # --- events ----------------------------------------------------------------------------------
 
@@ -278,10 +280,12 @@ class NodeCore:
         )
         self._settle_at = now + self.params.settle_s
         self._settled = False
+        self.requester.settled = False
         self._advertised_at = now
         self._advertised_free = node.capacity
         self._advertised_running = 0
         self._candidates_cache: list[str] | None = None
+        self._candidates_version = -1
         self.stats: dict[str, int] = {"messages_dropped": 0, "messages_handled": 0}
         self.last_drop: str = ""
 
@@ -342,7 +346,6 @@ class NodeCore:
 
     def handle(self, event: Event, now: float) -> list[Command]:
         fx = Effects(self._node.id)
-        self._candidates_cache = None
         match event:
             case SubmitJob():
                 self.requester.submit(event.request_id, event.spec, now, fx)  # type: ignore[arg-type]
@@ -374,6 +377,7 @@ class NodeCore:
         self.compute.tick(now, fx)
         if not self._settled and now >= self._settle_at:
             self._settled = True
+            self.requester.settled = True
             self.requester.review_roles(now, fx)
         self.requester.tick(now, fx)
         self._run_to_quiescence(now, fx)
@@ -396,6 +400,8 @@ class NodeCore:
 
     def _dispatch(self, sender: str, message: Message, now: float, fx: Effects) -> None:
         self.stats["messages_handled"] += 1
+        if sender != self._node.id:
+            self.membership.heard_from(sender, now)
         if isinstance(message, (*_MEMBERSHIP_TYPES, Announce)):
             self.membership.on_message(sender, message, now)
         elif isinstance(message, _COMPUTE_TYPES):
@@ -440,7 +446,6 @@ class NodeCore:
             self._members_changed(changes, now, fx)
 
     def _members_changed(self, changes: list[MemberChange], now: float, fx: Effects) -> None:
-        self._candidates_cache = None
         fx.approvals.extend(
             self.membership.approvals[c.node_id]
             for c in changes
@@ -451,15 +456,29 @@ class NodeCore:
                 self.requester.node_lost(change.node_id, now, fx)
             elif change.kind == "alive":
                 self.requester.node_back(change.node_id, now, fx)
+        kinds = {change.kind for change in changes}
+        if kinds <= _NO_PLAN_CHANGE:
+            # Load and suspicion change neither who leads a job nor what a plan can do (a
+            # suspect still counts as reachable; load only orders candidates): evaluating
+            # every held job on each of them was a large share of the cost at 50 nodes.
+            return
         if self._settled:
             self.requester.review_roles(now, fx)
+        offers_changed = not kinds <= _NODE_GONE | _NO_PLAN_CHANGE
         for held in self.requester.held.values():
-            held.dirty = True
+            # A node that is gone frees no capacity: only jobs that wait for nodes (their
+            # message lists them) need a look; `node_lost` marked those that ran there.
+            if offers_changed or held.job.state in (JobState.PENDING, JobState.QUEUED):
+                held.dirty = True
 
     # --- views for the parts ----------------------------------------------------------------
 
     def _requester_candidates(self) -> list[str]:
-        if self._candidates_cache is None:
+        """Reachable requester-capable nodes, sorted. Rebuilt only after membership changed
+        (`Membership.version`): the same list object otherwise, which lets the requester
+        cache its rankings."""
+        if self._candidates_cache is None or self._candidates_version != self.membership.version:
+            self._candidates_version = self.membership.version
             membership = self.membership
             candidates = []
             for node_id in membership.reachable_ids():
@@ -469,12 +488,12 @@ class NodeCore:
                 if membership.approval_of(node_id) in ("rejected", "deleted"):
                     continue
                 candidates.append(node_id)
-            self._candidates_cache = candidates
+            if candidates != self._candidates_cache:  # (an info update keeps the same list)
+                self._candidates_cache = candidates
         return self._candidates_cache
 
     def _primary_of(self, job_id: str) -> str | None:
-        ranking = rank(job_id, self._requester_candidates())
-        return ranking[0] if ranking else None
+        return self.requester.primary_of(job_id)
 
     def _compute_nodes(self) -> tuple[list[NodeInfo], dict[str, str], dict[str, float]]:
         membership = self.membership

@@ -27,7 +27,7 @@ from msgspec.structs import replace
 
 from meshnode.core.commands import JobAccepted, Publish, Reply
 from meshnode.core.effects import Effects
-from meshnode.core.election import rank, replica_set
+from meshnode.core.election import rank
 from meshnode.core.ids import Rng, mint_uuid
 from meshnode.core.messages import (
     Adopt,
@@ -38,6 +38,7 @@ from meshnode.core.messages import (
     FetchJob,
     FetchJobReply,
     Handover,
+    HandoverAck,
     JobAck,
     Message,
     Replicate,
@@ -57,6 +58,7 @@ from meshnode.core.policy import Policy, policy_for
 from meshnode.core.records import ExecutionRecord, HistoryEvent, JobRecord, NodeInfo
 from meshnode.core.resources import DEFAULT_REQUEST, ResourceAmounts, requested_resources
 from meshnode.core.scheduler import Plan, plan
+from meshnode.core.selection import unsuitability
 from meshnode.core.states import (
     DesiredState,
     ExecutionEvent,
@@ -72,6 +74,7 @@ from meshnode.spec import Job
 __all__ = ["RequesterParams", "RequesterSide", "merge_records", "newer_record"]
 
 STOPPED_BY_USER: Final = "stopped by the user"
+_MAX_RANKINGS: Final = 100_000  # cached job rankings (cleared when membership changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,15 @@ class _Held:
     fetch_deadline: float = 0.0
     handed_to: str = ""  # the node this replica last handed its records to
     handed_at: float = 0.0
+    # Whether `handed_to` confirmed it holds the records (a `HandoverAck`, or its Replicate):
+    # until then the handover is repeated and this node keeps its copy (a lost handover
+    # from a primary that stepped down lost the job: simulator, 50 nodes, seed 0).
+    handover_acked: bool = False
+    # node id → (the NodeInfo and job version it was computed for, why that node can never
+    # run this job): `selection.unsuitability` depends only on the job's spec and the node's
+    # offer, which rarely change; computing it for every node on every evaluation was a hot
+    # spot at 50 nodes.
+    unsuitable: dict[str, tuple[NodeInfo, int, list[str]]] = field(default_factory=dict)
 
     def executions_sorted(self) -> list[ExecutionRecord]:
         return sorted(self.executions.values(), key=lambda e: (e.created_at, e.id))
@@ -216,6 +228,11 @@ class RequesterSide:
         self._submits: dict[str, _PendingSubmit] = {}
         self._stops: dict[str, _PendingStop] = {}
         self.stats: dict[str, int] = {"forged": 0, "stale_term": 0, "takeovers": 0}
+        self._ranked_for: list[str] | None = None
+        # Set by the node core once its view of the mesh has settled after a (re)start:
+        # before, this node takes over nothing (`review_roles` runs when it settles).
+        self.settled = True
+        self._rankings: dict[str, list[str]] = {}
 
     # --- views --------------------------------------------------------------------------------
 
@@ -234,8 +251,29 @@ class RequesterSide:
         return None
 
     def primary_of(self, job_id: str) -> str | None:
-        ranking = rank(job_id, self._candidates())
+        ranking = self.ranking(job_id)
         return ranking[0] if ranking else None
+
+    def ranking(self, job_id: str) -> list[str]:
+        """The job's requesters best first in this node's view (do not change the list).
+        Cached while the candidates stay the same object (the node core rebuilds them only
+        when membership changes): ranking every held job on every tick was most of the
+        simulator's time at 50 nodes."""
+        candidates = self._candidates()
+        if candidates is not self._ranked_for:
+            self._ranked_for = candidates
+            self._rankings.clear()
+        ranking = self._rankings.get(job_id)
+        if ranking is None:
+            ranking = rank(job_id, candidates)
+            if len(self._rankings) < _MAX_RANKINGS:
+                self._rankings[job_id] = ranking
+        return ranking
+
+    def pending_submission(self, request_id: str) -> str | None:
+        """The job id of a submission this node has sent and not had answered yet."""
+        pending = self._submits.get(request_id)
+        return pending.job.id if pending else None
 
     def is_primary(self, job_id: str) -> bool:
         held = self.held.get(job_id)
@@ -273,7 +311,7 @@ class RequesterSide:
             node_id=self.self_id,
             message="submitted",
         )
-        ranking = rank(job_id, self._candidates()) or [self.self_id]
+        ranking = self.ranking(job_id) or [self.self_id]
         target = ranking[0]
         self._submits[request_id] = _PendingSubmit(
             job, [target], now + self.params.submit_timeout_s, tuple(warnings)
@@ -333,6 +371,8 @@ class RequesterSide:
                 self._on_fetch_reply(sender, message, now, fx)
             case Handover():
                 self._on_handover(sender, message, now, fx)
+            case HandoverAck():
+                self._on_handover_ack(sender, message)
             case RequesterClaim():
                 held = self.held.get(message.job_id)
                 if held is not None and held.role == "primary" and message.term > held.term:
@@ -407,7 +447,7 @@ class RequesterSide:
     # --- replication --------------------------------------------------------------------------
 
     def _replicas(self, job_id: str) -> list[str]:
-        holders = replica_set(job_id, self._candidates(), self.params.replicas)
+        holders = self.ranking(job_id)[: self.params.replicas]
         return [node for node in holders if node != self.self_id][: self.params.replicas - 1]
 
     def _replicate(self, held: _Held, now: float, fx: Effects) -> None:
@@ -471,7 +511,8 @@ class RequesterSide:
         elif held.role != "replica":
             held.role = "replica"  # a higher (or equal, newer) term is primary now
         held.term, held.primary = message.term, sender
-        if held.gated and held.handed_to == sender:
+        if held.handed_to == sender:
+            held.handover_acked = True
             held.gated = []  # client answers handed over: the new primary releases them
         self._merge(held, job, message.executions, fx)
         fx.history.extend(message.history)
@@ -485,6 +526,22 @@ class RequesterSide:
         held = self.held.get(message.job_id)
         if held is not None and message.ended:
             self._conclude(held, message.ended, sender, now, fx)
+            if (
+                held.role == "primary"
+                and held.job.state.terminal
+                and message.term == held.term
+                and sender in held.replicas
+                and self.held.get(held.job.id) is held
+            ):
+                # The replica holds the job as ended, which is all an ended job's records
+                # need: count it as an ack. Otherwise this primary's last orders (stopping
+                # what its side still runs) waited for a majority that never came, and it
+                # re-sent its whole state every second forever (simulator, a stop during a
+                # partition).
+                held.acked[sender] = max(held.acked.get(sender, 0), message.seq)
+                if held.acked[sender] >= held.seq:
+                    held.replicate_sent_at.pop(sender, None)
+                self._commit(held, fx)
             return
         if held is None or held.role != "primary":
             return
@@ -516,9 +573,8 @@ class RequesterSide:
     def review_roles(self, now: float, fx: Effects) -> None:
         """After membership changed: who should be primary of each held job now?"""
         self._now = now
-        candidates = self._candidates()
         for held in list(self.held.values()):
-            ranking = rank(held.job.id, candidates)
+            ranking = self.ranking(held.job.id)
             top = ranking[0] if ranking else self.self_id
             if top == self.self_id:
                 if held.role == "replica":
@@ -540,13 +596,15 @@ class RequesterSide:
                     # The job's new top may hold nothing of it (a node that just joined, or the
                     # primary died): hand it what this replica has; it merges and takes over.
                     self._hand_over(held, top, fx)
-                if self.self_id not in ranking[: self.params.replicas]:
+                if self.self_id not in ranking[: self.params.replicas] and (
+                    not held.handed_to or held.handover_acked
+                ):
                     del self.held[held.job.id]  # no longer a holder: the store keeps a copy
 
     def _take_over(self, held: _Held, now: float, fx: Effects) -> None:
         others = [
             node
-            for node in rank(held.job.id, self._candidates())[: self.params.replicas + 1]
+            for node in self.ranking(held.job.id)[: self.params.replicas + 1]
             if node != self.self_id
         ]
         if held.primary and held.primary != self.self_id and self._reachable(held.primary):
@@ -636,6 +694,7 @@ class RequesterSide:
         fx.send(to, handover, self._addrs(to))
         held.handed_to = to
         held.handed_at = self._now
+        held.handover_acked = False
 
     def _step_down(self, held: _Held, new_primary: str, now: float, fx: Effects) -> None:
         self._hand_over(held, new_primary, fx)
@@ -656,6 +715,7 @@ class RequesterSide:
             self.held[job.id] = held
         held.term = max(held.term, message.term)
         self._merge(held, job, message.executions, fx)
+        fx.send(sender, HandoverAck(job_id=job.id, term=held.term), self._addrs(sender))
         # The old primary's unanswered clients: answered here once replicated (as primary),
         # or carried on with this node's own handover (as a replica).
         waiting = {(to, answer.request_id) for to, answer in _client_answers(held)}
@@ -671,8 +731,18 @@ class RequesterSide:
                 held.gated.append((held.seq + 1, node, Adopt(job_id=held.job.id, term=held.term)))
             self._resume_orders(held, now)
             held.dirty = True
-        else:
+        elif self.settled:  # a node that just joined or restarted knows too little yet
             self.review_roles(now, fx)
+
+    def _on_handover_ack(self, sender: str, message: HandoverAck) -> None:
+        held = self.held.get(message.job_id)
+        if held is None or held.role != "replica" or held.handed_to != sender:
+            return
+        held.handover_acked = True
+        held.gated = []  # the client answers travelled with the records
+        ranking = self.ranking(held.job.id)
+        if self.self_id not in ranking[: self.params.replicas]:
+            del self.held[held.job.id]  # no longer a holder: the store keeps a copy
 
     def _tell_ended(self, to: str, job_id: str, term: int, seq: int, fx: Effects) -> None:
         ended = self._finished[job_id]
@@ -763,8 +833,18 @@ class RequesterSide:
             excluded=excluded,
             load=load,
             cooldown_s=self.params.rejection_cooldown_s,
+            unsuitable=lambda node: self._unsuitable(held, node, request),
         )
         self._apply(held, result, request, now, fx)
+
+    def _unsuitable(self, held: _Held, node: NodeInfo, request: ResourceAmounts) -> list[str]:
+        cached = held.unsuitable.get(node.id)
+        version = held.job.version
+        if cached is not None and cached[1] == version and (cached[0] is node or cached[0] == node):
+            return cached[2]
+        reasons = unsuitability(held.job.spec, node, request)
+        held.unsuitable[node.id] = (node, version, reasons)
+        return reasons
 
     def _apply(
         self, held: _Held, result: Plan, request: ResourceAmounts, now: float, fx: Effects
@@ -1034,6 +1114,7 @@ class RequesterSide:
             answer("", held.term)
             return
         if message.phase == "running" and execution.started_at is None:
+            replicate_now = held.changed
             execution = self._put_execution(
                 held,
                 replace(execution, started_at=message.started_at or now, message="running"),
@@ -1042,6 +1123,18 @@ class RequesterSide:
             )
             if held.job.state is not JobState.RUNNING and not held.job.state.terminal:
                 self._transition_job(held, JobEvent.RUN, "running", now, fx)
+                replicate_now = True
+            if not replicate_now and execution.desired is not DesiredState.STOPPED:
+                # That it started changes no decision: it rides on the job's next Replicate
+                # (a new primary would learn it from the node anyway), and the node is
+                # answered at once. One replication round less per execution.
+                held.changed = False
+                ack = ReportAck(
+                    job_id=message.job_id, execution_id=message.execution_id,
+                    seq=message.seq, term=held.term,
+                )  # fmt: skip
+                fx.send(sender, ack, self._addrs(sender))
+                return
         elif message.phase == "ended":
             self._ended(held, execution, message, now, fx)
         held.dirty = True
@@ -1166,7 +1259,7 @@ class RequesterSide:
             # ended, after a partition, at nodes that did not hold the job, each of which
             # started a rogue term-1 copy of it and never answered (simulator, 50 nodes).
             limit = self.params.submit_attempts_per_node
-            ranking = rank(pending.job.id, self._candidates()) or [self.self_id]
+            ranking = self.ranking(pending.job.id) or [self.self_id]
             untried = [n for n in ranking if pending.tried.count(n) < limit]
             if not untried:
                 del self._submits[request_id]
@@ -1185,11 +1278,19 @@ class RequesterSide:
             if held.role == "taking_over" and now >= held.fetch_deadline:
                 self._become_primary(held, now, fx)
             if held.role == "replica" and now >= held.handed_at + self.params.handover_retry_s:
-                # A handover may be lost: until the top-ranked node leads the job (its
-                # Replicate makes it this replica's primary), hand over again.
+                # A handover may be lost: until the top-ranked node confirms it holds the
+                # job (a HandoverAck, or its Replicate), hand over again.
                 top = self.primary_of(held.job.id)
-                if top and top not in (self.self_id, held.primary):
+                unconfirmed = top == held.handed_to and not held.handover_acked
+                if top and top != self.self_id and (top != held.primary or unconfirmed):
                     self._hand_over(held, top, fx)
+                elif top == self.self_id and self.settled:
+                    # Top in this node's view, yet a replica: e.g. two primaries of the
+                    # same term (a restarted one, one that took over) each took the other's
+                    # Replicate as its new primary, and nobody led the job any more
+                    # (simulator, 30 nodes, seed 15). Nothing else would bring it back.
+                    held.handed_at = now
+                    self._take_over(held, now, fx)
             if held.role != "primary":
                 continue
             not_yet_released = {id(item) for _, _, item in held.gated}

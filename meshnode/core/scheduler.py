@@ -60,11 +60,13 @@ class _Context:
     # Nodes that declined a bid for this job recently: passed over until `cooldown_until`.
     declined: dict[str, str] = field(default_factory=dict)
     cooldown_until: float | None = None
+    unsuitable: Callable[[NodeInfo], list[str]] | None = None
 
     def __post_init__(self) -> None:
-        self.reasons = {
-            node.id: unsuitability(self.job.spec, node, self.request) for node in self.nodes
-        }
+        unsuitable = self.unsuitable or (
+            lambda node: unsuitability(self.job.spec, node, self.request)
+        )
+        self.reasons = {node.id: list(unsuitable(node)) for node in self.nodes}
         for node_id, why in self.excluded.items():
             self.reasons.setdefault(node_id, []).insert(0, why)
         for execution in self.executions:
@@ -121,14 +123,25 @@ def plan(
     excluded: Mapping[str, str] | None = None,
     load: Mapping[str, float] | None = None,
     cooldown_s: float = 0.0,
+    unsuitable: Callable[[NodeInfo], list[str]] | None = None,
 ) -> Plan:
     """`excluded`: nodes that get no work, with why (e.g. not approved); `load`: how busy
     each node is (0 idle … 1 full), for ranking; `cooldown_s`: how long a node that declined
-    a bid for this job is passed over."""
+    a bid for this job is passed over; `unsuitable`: `selection.unsuitability` of this job
+    for a node, when the caller caches it (it depends only on the job and the node)."""
     if job.state.terminal:
         return Plan()
     context = _Context(
-        job, executions, nodes, now, policy, request, excluded or {}, load or {}, cooldown_s
+        job,
+        executions,
+        nodes,
+        now,
+        policy,
+        request,
+        excluded or {},
+        load or {},
+        cooldown_s,
+        unsuitable=unsuitable,
     )
     total = _total_timeout(context)
     if total is not None:
