@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import concurrent.futures
+import http.client
 import json
 import os
 import shutil
@@ -27,7 +28,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -42,12 +45,35 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+_CONNECTIONS = threading.local()
+
+
 def request(base: str, method: str, path: str, body: Any = None) -> Any:
+    """One JSON request on a kept-alive connection per thread and node (as a real client
+    would hold one: a new TCP connection per poll would cost the node more than the job)."""
+    connections = _CONNECTIONS.__dict__.setdefault("by_base", {})
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(base + path, data=data, method=method)
-    req.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(req, timeout=30) as response:
-        return json.load(response)
+    headers = {"Content-Type": "application/json"}
+    for attempt in range(2):
+        connection = connections.get(base)
+        if connection is None:
+            host, port = base.removeprefix("http://").rsplit(":", 1)
+            connection = http.client.HTTPConnection(host, int(port), timeout=30)
+            connections[base] = connection
+        try:
+            connection.request(method, path, body=data, headers=headers)
+            response = connection.getresponse()
+            payload = response.read()
+        except (http.client.HTTPException, OSError):
+            connection.close()
+            del connections[base]
+            if attempt:
+                raise
+            continue
+        if response.status >= 400:
+            raise urllib.error.HTTPError(base + path, response.status, payload.decode(), {}, None)  # type: ignore[arg-type]
+        return json.loads(payload)
+    raise AssertionError("unreachable")
 
 
 def wasm_job() -> dict[str, Any]:

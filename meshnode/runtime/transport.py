@@ -336,6 +336,16 @@ def _dialable_addrs(addrs: Sequence[str], peer_id: str) -> list[str]:
     return list(dict.fromkeys(result))
 
 
+def _advertised_addrs(candidates: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+    result: list[multiaddr.Multiaddr] = []
+    for addr in candidates:
+        if str(addr).startswith(("/ip4/0.0.0.0/", "/ip6/::/")):
+            result.extend(expand_wildcard_address(addr))
+        else:
+            result.append(addr)
+    return list(dict.fromkeys(result)) or candidates
+
+
 def _stream_peer(stream: INetStream) -> str:
     """The authenticated peer id at the other end of a stream."""
     return str(stream.muxed_conn.peer_id.to_base58())
@@ -610,6 +620,9 @@ class MeshTransport:
             # reset a stream whose reader paused for 5 s.
             muxer_opt={TProtocol(yamux.PROTOCOL_ID): yamux.Yamux},
             listen_addrs=[_listen_multiaddr(config.listen_host, config.swarm_port)],
+            # What identify tells peers: a wildcard listen address expanded, or peers store
+            # /ip4/0.0.0.0/tcp/N and, redialling us later, dial themselves first.
+            addrs_factory=_advertised_addrs,
             # No `enable_mDNS=`: libp2p's announces 0.0.0.0, which no peer can dial;
             # `_run_mdns` runs its parts with our real addresses (see `_LocalDiscovery`).
             # Private network: libp2p wants the key as 64 hex characters.
