@@ -1075,16 +1075,8 @@ class RequesterSide:
             if message.phase != "ended":
                 return  # a late word from a node that is gone revives nothing (no ack)
         elif execution.lost_at is not None:
-            self._history(
-                held,
-                fx,
-                now,
-                execution.id,
-                "execution",
-                execution.state.display_name,
-                execution.state.display_name,
-                f"node {sender} is reachable again",
-                execution.revision,
+            self._note(
+                held, execution, f"node {sender} is reachable again", execution.revision, now, fx
             )
             execution = self._put_execution(held, replace(execution, lost_at=None), now, fx)
             held.dirty = True
@@ -1099,16 +1091,13 @@ class RequesterSide:
                     if message.exit_code == 0 and not message.error
                     else (message.error or f"exited with code {message.exit_code}")
                 )
-                self._history(
+                self._note(
                     held,
-                    fx,
-                    now,
-                    execution.id,
-                    "execution",
-                    execution.state.display_name,
-                    execution.state.display_name,
+                    execution,
                     f"late report from node {sender}: {detail}",
                     execution.revision,
+                    now,
+                    fx,
                 )
                 self._put_execution(held, replace(execution, exit_code=message.exit_code), now, fx)
             answer("", held.term)
@@ -1224,17 +1213,7 @@ class RequesterSide:
                     self._move(held, execution, event, why, now, fx, ended_at=now)
                 else:
                     self._put_execution(held, replace(execution, lost_at=now, message=why), now, fx)
-                    self._history(
-                        held,
-                        fx,
-                        now,
-                        execution.id,
-                        "execution",
-                        "BidAccepted",
-                        "BidAccepted",
-                        why,
-                        execution.revision + 1,
-                    )
+                    self._note(held, execution, why, execution.revision + 1, now, fx)
                 held.dirty = True
 
     def node_back(self, node_id: str, now: float, fx: Effects) -> None:
@@ -1386,6 +1365,20 @@ class RequesterSide:
     ) -> None:
         fx.record(now, held.job.id, execution_id, kind, previous, new, message, revision)
         held.history.append(fx.history[-1])
+
+    def _note(
+        self,
+        held: _Held,
+        execution: ExecutionRecord,
+        text: str,
+        revision: int,
+        now: float,
+        fx: Effects,
+    ) -> None:
+        """A fact about an execution that does not change its state (its node went away or
+        came back, a late report): recorded in the job's history all the same."""
+        state = execution.state.display_name
+        self._history(held, fx, now, execution.id, "execution", state, state, text, revision)
 
     def flush_jobs(self, fx: Effects) -> None:
         fx.jobs.update(self._to_persist)
