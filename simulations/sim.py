@@ -201,6 +201,10 @@ class Report:
     messages_per_node_s: float = 0.0
     membership_bytes_per_node_s: float = 0.0
     membership_messages_per_node_s: float = 0.0
+    # Membership alone during the quiet period (after every fault and the boot's first
+    # `warmup + window + 20` s): the steady-state cost, without the boot's dissemination.
+    membership_quiet_bytes_per_node_s: float = 0.0
+    membership_quiet_by_type: dict[str, int] = field(default_factory=dict)
     replacement_p50_s: float = math.nan
     replacement_max_s: float = math.nan
     replacements_missing: int = 0
@@ -220,7 +224,8 @@ class Report:
             f"batch submit→end p50 {self.batch_latency_p50_s:.1f} s p99 "
             f"{self.batch_latency_p99_s:.1f} s; per node {self.messages_per_node_s:.1f} msg/s "
             f"{self.bytes_per_node_s:.0f} B/s (membership {self.membership_bytes_per_node_s:.0f}"
-            f" B/s); crash→replaced p50 {self.replacement_p50_s:.1f} s max "
+            f" B/s, quiet {self.membership_quiet_bytes_per_node_s:.0f} B/s); crash→replaced p50 "
+            f"{self.replacement_p50_s:.1f} s max "
             f"{self.replacement_max_s:.1f} s; transient violations {self.transient_violations}; "
             f"hash {self.trace_hash[:12]}"
         )
@@ -313,6 +318,9 @@ class Simulation:
         self.membership_bytes = 0
         self.membership_messages = 0
         self.bytes_by_type: Counter[str] = Counter()
+        self.quiet_since = math.nan  # `mark_quiet`: start of the steady-state measurement
+        self.membership_quiet_bytes = 0
+        self.membership_quiet_by_type: Counter[str] = Counter()
         self.handled = 0
         self.spin_ticks = 0
         self.transient_violations = 0
@@ -491,6 +499,9 @@ class Simulation:
         if isinstance(message, MEMBERSHIP_MESSAGES):
             self.membership_bytes += size
             self.membership_messages += copies
+            if self.now >= self.quiet_since:
+                self.membership_quiet_bytes += size
+                self.membership_quiet_by_type[name] += size
 
     # --- the network --------------------------------------------------------------------------
 
@@ -880,6 +891,12 @@ class Simulation:
         report.messages_per_node_s = self.messages_total / node_seconds
         report.membership_bytes_per_node_s = self.membership_bytes / node_seconds
         report.membership_messages_per_node_s = self.membership_messages / node_seconds
+        if not math.isnan(self.quiet_since):
+            quiet_node_seconds = max(1e-9, len(self.live_ids()) * (self.now - self.quiet_since))
+            report.membership_quiet_bytes_per_node_s = (
+                self.membership_quiet_bytes / quiet_node_seconds
+            )
+            report.membership_quiet_by_type = dict(self.membership_quiet_by_type.most_common())
         times, missing = self.replacement_times()
         report.replacement_p50_s = _quantile(times, 0.5)
         report.replacement_max_s = max(times) if times else math.nan
@@ -972,6 +989,7 @@ def run(config: SimConfig, *, raise_on_failure: bool = True) -> Report:
         window_end = config.warmup_s + config.window_s
         sim.run_until(window_end + 20.0)  # faults end within 20 s of the window's end
         sim.quiesce()
+        sim.quiet_since = sim.now
         sim.run_until(sim.now + config.converge_s)
         if not config.membership_only:
             sim.check_final()
@@ -1035,7 +1053,8 @@ def main(argv: list[str] | None = None) -> int:
             f"mean per node: {mean([r.messages_per_node_s for r in reports]):.1f} msg/s, "
             f"{mean([r.bytes_per_node_s for r in reports]):.0f} B/s; membership "
             f"{mean([r.membership_messages_per_node_s for r in reports]):.1f} msg/s, "
-            f"{mean([r.membership_bytes_per_node_s for r in reports]):.0f} B/s; "
+            f"{mean([r.membership_bytes_per_node_s for r in reports]):.0f} B/s (quiet "
+            f"{mean([r.membership_quiet_bytes_per_node_s for r in reports]):.0f} B/s); "
             f"batch p50 {mean([r.batch_latency_p50_s for r in reports]):.1f} s, p99 "
             f"{mean([r.batch_latency_p99_s for r in reports]):.1f} s; crash→replaced p50 "
             f"{mean([r.replacement_p50_s for r in reports]):.1f} s"
@@ -1047,6 +1066,16 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "bytes by message: "
             + ", ".join(f"{name} {100 * size / total:.0f}%" for name, size in top.most_common(8))
+        )
+        quiet = Counter[str]()
+        for r in reports:
+            quiet.update(r.membership_quiet_by_type)
+        quiet_total = sum(quiet.values()) or 1
+        print(
+            "membership bytes in the quiet period: "
+            + ", ".join(
+                f"{name} {100 * size / quiet_total:.0f}%" for name, size in quiet.most_common()
+            )
         )
     return 1 if failed else 0
 

@@ -14,6 +14,16 @@ Rules of this module:
   made here) is also published as gossip, batched, at most once per `gossip_interval_s`;
   push-pull with one random member repairs what both lost. No message goes to every node
   from every node: per-node cost grows with log(n), not n.
+- Push-pull is by digest (memberlist sends whole views; at 10,000 members that is megabytes
+  per exchange): the initiator sends its view hashed into buckets, and only the buckets that
+  differ are compared entry by entry, (key hash, incarnation, rank), and only entries that
+  differ travel whole (`PushPull`). A converged exchange is one message of 4 bytes a bucket.
+  An entry is a member (key: its id; a later (incarnation, rank) wins, rank alive < suspect
+  < dead < left, which is the order `_apply` accepts) or an approval (key: "approval:" + id;
+  differing ones are sent both ways and merged last-writer-wins).
+- A load-only change of this node's advertisement travels as a `Refresh` (the new load and a
+  hash of the rest) instead of an `Alive` with the whole `MemberInfo`; a receiver whose copy
+  does not match that hash ignores it, and its next push-pull fetches the whole entry.
 - Incarnations order claims about a node; only the node itself raises its own. Approvals
   (operator decisions) merge last-writer-wins by (time, author).
 - Bounded: members (dead ones are forgotten after `dead_retention_s`), the piggyback queue,
@@ -23,11 +33,13 @@ Rules of this module:
 from __future__ import annotations
 
 import enum
+import hashlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
+import msgspec
 from msgspec.structs import replace
 
 from meshnode.core.commands import Publish, Send
@@ -44,9 +56,11 @@ from meshnode.core.messages import (
     Ping,
     PingReq,
     PushPull,
+    Refresh,
     Suspect,
     Update,
 )
+from meshnode.core.resources import ResourceAmounts
 
 __all__ = [
     "Member",
@@ -54,6 +68,7 @@ __all__ = [
     "MemberState",
     "Membership",
     "MembershipParams",
+    "offer_hash",
 ]
 
 
@@ -87,6 +102,12 @@ class MembershipParams:
     max_pending_indirect: int = 1024
     # A member believed dead that still sends is told so at most this often (`heard_from`).
     told_dead_every_s: float = 5.0
+    # Push-pull digests: about this many entries a bucket, within these bounds of buckets.
+    entries_per_bucket: int = 4
+    min_buckets: int = 16
+    max_buckets: int = 4096
+    # Whole entries per push-pull message (a larger answer is split: a frame has a limit).
+    max_push_pull_updates: int = 2048
 
 
 @dataclass(slots=True)
@@ -97,6 +118,10 @@ class Member:
     info: MemberInfo | None
     state_since: float
     last_seen: float
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self.state]
 
     def as_update(self, by: str) -> Update:
         match self.state:
@@ -141,6 +166,65 @@ class _Outputs:
 
 
 _APPROVAL_KEY: Final = "approval:"
+# The order in which claims about one incarnation win (`_apply`): a digest entry
+# (key hash, incarnation, rank) is newer than another of the same key if it is larger.
+_RANK: Final = {
+    MemberState.ALIVE: 0,
+    MemberState.SUSPECT: 1,
+    MemberState.DEAD: 2,
+    MemberState.LEFT: 3,
+}
+# An approval's digest entry: (key hash, hash of (at, by, decision), _APPROVAL_RANK).
+_APPROVAL_RANK: Final = 9
+_MAX_BUCKETS_ACCEPTED: Final = 65_536
+_OFFER_ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
+_NO_LOAD: Final = ResourceAmounts()
+
+
+def _hash64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def _hash32(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest(), "big")
+
+
+def offer_hash(info: MemberInfo) -> int:
+    """A hash of everything a node advertises but its load (`free`, `running`): what a
+    `Refresh` must match. Encoded with sorted keys: the same on every node."""
+    offer = replace(info, free=_NO_LOAD, running=0)
+    return int.from_bytes(
+        hashlib.blake2b(_OFFER_ENCODER.encode(offer), digest_size=8).digest(), "big"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One entry of this node's view as push-pull compares it."""
+
+    key_hash: int
+    a: int  # incarnation (member) or hash of the approval
+    rank: int
+    update: Update
+
+    @property
+    def digest(self) -> tuple[int, int, int]:
+        return (self.key_hash, self.a, self.rank)
+
+    @property
+    def bucket_hash(self) -> int:
+        """Nonzero (zero marks an empty bucket)."""
+        return _hash32(f"{self.key_hash}\x00{self.a}\x00{self.rank}") or 1
+
+    def newer_than(self, a: int, rank: int) -> bool:
+        if _APPROVAL_RANK in (self.rank, rank):
+            return (self.a, self.rank) != (a, rank)  # both ways: the merge decides
+        return (self.a, self.rank) > (a, rank)
+
+    def older_than(self, a: int, rank: int) -> bool:
+        if _APPROVAL_RANK in (self.rank, rank):
+            return (self.a, self.rank) != (a, rank)
+        return (self.a, self.rank) < (a, rank)
 
 
 def _same_offer(old: MemberInfo, new: MemberInfo) -> bool:
@@ -193,7 +277,14 @@ class Membership:
         self._index_version = -1
         self._suspects: list[Member] = []
         self._gone: list[Member] = []
-        self.stats: dict[str, int] = {"updates_applied": 0, "probes_failed": 0}
+        self.stats: dict[str, int] = {
+            "updates_applied": 0,
+            "probes_failed": 0,
+            "push_pull_entries_sent": 0,
+            "refreshes_ignored": 0,
+        }
+        # node id → (its info, offer_hash of it): checking a `Refresh` hashes nothing twice.
+        self._offer_hashes: dict[str, tuple[MemberInfo, int]] = {}
         self._originate(Alive(node_id=self_id, incarnation=0, info=info))
 
     # --- views --------------------------------------------------------------------------------
@@ -265,10 +356,20 @@ class Membership:
         self._next_seed_at = now + self.params.seed_retry_s
 
     def update_self(self, info: MemberInfo, now: float, *, announce: bool) -> None:
-        """This node's advertisement changed; `announce` also gossips it (label changes)."""
+        """This node's advertisement changed; `announce` also gossips it (label changes).
+        A change of load alone travels as a `Refresh`."""
+        old_offer = offer_hash(self.info)
         self.info = info
         self.incarnation += 1
-        update = Alive(node_id=self.self_id, incarnation=self.incarnation, info=info)
+        update: Update = Alive(node_id=self.self_id, incarnation=self.incarnation, info=info)
+        if not announce and offer_hash(info) == old_offer:
+            update = Refresh(
+                node_id=self.self_id,
+                incarnation=self.incarnation,
+                offer_hash=old_offer,
+                free=info.free,
+                running=info.running,
+            )
         if announce:
             self._originate(update)
         else:
@@ -279,8 +380,9 @@ class Membership:
         self._originate(Left(node_id=self.self_id, incarnation=self.incarnation))
         self._next_gossip_at = now
         self._flush_gossip(now)
+        left = Left(node_id=self.self_id, incarnation=self.incarnation)
         for member in self._sample(self._reachable_others(), self.params.indirect_probes):
-            self._send(member, PushPull(updates=(self._self_update(),)))
+            self._send(member, PushPull(updates=(left,)))
 
     def decide_approval(self, node_id: str, decision: str, now: float) -> None:
         approval = Approval(node_id=node_id, decision=decision, at=now, by=self.self_id)
@@ -331,9 +433,9 @@ class Membership:
                         Ping(seq=self._seq, updates=self._piggyback(), on_behalf=sender),
                     )
             case PushPull():
+                incarnation = self.incarnation
                 self._apply_all(message.updates, now)
-                if message.reply:
-                    self._push_pull(sender, reply=False)
+                self._anti_entropy(sender, message, refuted=self.incarnation != incarnation)
             case Announce():
                 self._apply_all(message.updates, now)
             case _:
@@ -472,6 +574,9 @@ class Membership:
             self._about_me(update)
             return
         member = self.members.get(update.node_id)
+        if isinstance(update, Refresh):
+            self._apply_refresh(member, update, now)
+            return
         if member is None:
             if not isinstance(update, Alive) or len(self.members) >= self.params.max_members:
                 return  # news about a node we never saw alive: wait for its own word
@@ -487,39 +592,77 @@ class Membership:
             return
         match update:
             case Alive():
-                newer = update.incarnation > member.incarnation
-                if not newer:
-                    return
-                was, was_info = member.state, member.info
-                member.incarnation, member.info = update.incarnation, update.info
-                if was is not MemberState.ALIVE:
-                    member.state, member.state_since = MemberState.ALIVE, now
-                    kind = "alive"
-                elif was_info is not None and _same_offer(was_info, update.info):
-                    kind = "load"  # only free resources / running count moved
-                else:
-                    kind = "updated"
-                self._accepted(update, kind)
+                self._apply_alive(member, update, now, update)
             case Suspect():
+                if member.state is MemberState.SUSPECT and update.incarnation > member.incarnation:
+                    # Still suspect (the timer runs on), of a later incarnation: taking it keeps
+                    # push-pull digests converging (`_Entry`).
+                    member.incarnation = update.incarnation
+                    return
                 if member.state is not MemberState.ALIVE or update.incarnation < member.incarnation:
                     return
                 member.state, member.state_since = MemberState.SUSPECT, now
                 member.incarnation = update.incarnation
                 self._accepted(update, "suspect")
             case Dead():
+                if member.state is MemberState.DEAD and update.incarnation > member.incarnation:
+                    member.incarnation = update.incarnation  # as for Suspect above
+                    return
                 if not member.state.reachable or update.incarnation < member.incarnation:
                     return
                 member.state, member.state_since = MemberState.DEAD, now
                 member.incarnation = update.incarnation
                 self._accepted(update, "dead")
             case Left():
+                if member.state is MemberState.LEFT and update.incarnation > member.incarnation:
+                    member.incarnation = update.incarnation  # as for Suspect above
+                    return
                 if member.state is MemberState.LEFT or update.incarnation < member.incarnation:
                     return
                 member.state, member.state_since = MemberState.LEFT, now
                 member.incarnation = update.incarnation
                 self._accepted(update, "left")
 
-    def _about_me(self, update: Alive | Suspect | Dead | Left) -> None:
+    def _apply_alive(self, member: Member, update: Alive, now: float, spread: Update) -> None:
+        """`spread` is what is passed on: the `Alive`, or the `Refresh` it was made from."""
+        if update.incarnation <= member.incarnation:
+            return
+        was, was_info = member.state, member.info
+        member.incarnation, member.info = update.incarnation, update.info
+        if was is not MemberState.ALIVE:
+            member.state, member.state_since = MemberState.ALIVE, now
+            kind = "alive"
+        elif was_info is not None and _same_offer(was_info, update.info):
+            kind = "load"  # only free resources / running count moved
+        else:
+            kind = "updated"
+        self.stats["updates_applied"] += 1
+        self._queue_broadcast(update.node_id, spread)
+        self._changed(update.node_id, kind)
+
+    def _apply_refresh(self, member: Member | None, update: Refresh, now: float) -> None:
+        if member is None or member.info is None or update.incarnation <= member.incarnation:
+            return
+        if self._offer_hash_of(member.id, member.info) != update.offer_hash:
+            # This copy of the node's advertisement is not the one the load applies to:
+            # ignored, this entry stays older in digests and the next push-pull fetches it.
+            self.stats["refreshes_ignored"] += 1
+            return
+        info = replace(member.info, free=update.free, running=update.running)
+        alive = Alive(node_id=update.node_id, incarnation=update.incarnation, info=info)
+        self._apply_alive(member, alive, now, update)
+
+    def _offer_hash_of(self, node_id: str, info: MemberInfo) -> int:
+        cached = self._offer_hashes.get(node_id)
+        if cached is not None and cached[0] is info:
+            return cached[1]
+        value = offer_hash(info)
+        if len(self._offer_hashes) >= self.params.max_members:
+            self._offer_hashes.clear()
+        self._offer_hashes[node_id] = (info, value)
+        return value
+
+    def _about_me(self, update: Alive | Suspect | Dead | Left | Refresh) -> None:
         """Others' claims about this node: refute suspicion and death, raise a stale
         incarnation (after a restart others may remember a higher one)."""
         if self.leaving:
@@ -527,12 +670,12 @@ class Membership:
         refute = (
             isinstance(update, Suspect | Dead | Left) and update.incarnation >= self.incarnation
         )
-        stale = isinstance(update, Alive) and update.incarnation > self.incarnation
+        stale = isinstance(update, Alive | Refresh) and update.incarnation > self.incarnation
         if refute or stale:
             self.incarnation = update.incarnation + 1
             self._originate(self._self_update())
 
-    def _accepted(self, update: Alive | Suspect | Dead | Left, kind: str) -> None:
+    def _accepted(self, update: Alive | Suspect | Dead | Left | Refresh, kind: str) -> None:
         self.stats["updates_applied"] += 1
         self._queue_broadcast(update.node_id, update)
         self._changed(update.node_id, kind)
@@ -574,10 +717,120 @@ class Membership:
         self._next_gossip_at = now + self.params.gossip_interval_s
 
     def _push_pull(self, peer: str, *, reply: bool) -> None:
-        updates: list[Update] = [self._self_update()]
-        updates.extend(m.as_update(self.self_id) for m in self.members.values() if m.info)
-        updates.extend(self.approvals.values())
-        self._send(peer, PushPull(updates=tuple(updates), reply=reply))
+        """Start an exchange with `peer`: this view as bucket hashes (see PushPull)."""
+        entries = self._entries()
+        count = self._bucket_count(len(entries))
+        buckets = self._bucket_hashes(entries, count)
+        packed = b"".join(h.to_bytes(4, "big") for h in buckets)
+        self._send(peer, PushPull(updates=(), reply=reply, buckets=packed))
+
+    def _anti_entropy(self, peer: str, message: PushPull, *, refuted: bool) -> None:
+        """Answer one push-pull message (its `updates` are applied already): compare what it
+        carries with this view and send what the peer lacks and ask for what this side
+        lacks. Only `buckets` and `differ` are answered; anything malformed is ignored."""
+        updates: list[Update] = [self._self_update()] if refuted else []
+        differ: list[int] = []
+        digests: list[tuple[int, int, int]] = []
+        want: list[int] = []
+        entries: list[_Entry] | None = None
+        count = 0
+        if message.buckets:
+            count = len(message.buckets) // 4
+            if len(message.buckets) % 4 == 0 and count <= _MAX_BUCKETS_ACCEPTED:
+                entries = self._entries()
+                by_bucket = self._by_bucket(entries, count)
+                mine = self._bucket_hashes(entries, count)
+                for index in range(count):
+                    theirs = int.from_bytes(message.buckets[4 * index : 4 * index + 4], "big")
+                    if theirs == mine[index]:
+                        continue
+                    here = by_bucket.get(index, [])
+                    if theirs == 0:  # they have nothing there: all of it, without digests
+                        updates.extend(e.update for e in here)
+                    else:
+                        differ.append(index)
+                        digests.extend(e.digest for e in here)
+        elif message.reply and not message.differ and not message.want:
+            self._push_pull(peer, reply=False)  # a full-view peer asked: start an exchange
+        if message.differ and 0 < message.bucket_count <= _MAX_BUCKETS_ACCEPTED:
+            entries = self._entries()
+            count = message.bucket_count
+            compared = set(message.differ)
+            theirs_by_key = {d[0]: d for d in message.digests if d[0] % count in compared}
+            for entry in entries:
+                if entry.key_hash % count not in compared:
+                    continue
+                other = theirs_by_key.pop(entry.key_hash, None)
+                if other is None or entry.newer_than(other[1], other[2]):
+                    updates.append(entry.update)
+                if other is not None and entry.older_than(other[1], other[2]):
+                    want.append(entry.key_hash)
+            # What only they hold: unless it is news of a node gone, which `_apply` would
+            # drop anyway (news about a node never seen alive).
+            gone = (_RANK[MemberState.DEAD], _RANK[MemberState.LEFT])
+            want.extend(k for k, _, rank in theirs_by_key.values() if rank not in gone)
+        if message.want:
+            if entries is None:
+                entries = self._entries()
+            wanted = set(message.want[: self.params.max_members])
+            updates.extend(e.update for e in entries if e.key_hash in wanted)
+        if not (updates or differ or want):
+            return
+        self.stats["push_pull_entries_sent"] += len(updates)
+        step = self.params.max_push_pull_updates
+        chunks = [updates[i : i + step] for i in range(0, len(updates), step)] or [[]]
+        self._send(
+            peer,
+            PushPull(
+                updates=tuple(chunks[0]),
+                bucket_count=count if differ else 0,
+                differ=tuple(differ),
+                digests=tuple(digests),
+                want=tuple(want),
+            ),
+        )
+        for chunk in chunks[1:]:
+            self._send(peer, PushPull(updates=tuple(chunk)))
+
+    def _entries(self) -> list[_Entry]:
+        """This view as push-pull compares it: this node, every member, every approval."""
+        self_rank = _RANK[MemberState.LEFT if self.leaving else MemberState.ALIVE]
+        self_update: Update = (
+            Left(node_id=self.self_id, incarnation=self.incarnation)
+            if self.leaving
+            else self._self_update()
+        )
+        entries = [_Entry(_hash64(self.self_id), self.incarnation, self_rank, self_update)]
+        for member in self.members.values():
+            if member.info is None:
+                continue
+            update = member.as_update(self.self_id)
+            entries.append(_Entry(_hash64(member.id), member.incarnation, member.rank, update))
+        for approval in self.approvals.values():
+            version = _hash32(f"{approval.at!r}\x00{approval.by}\x00{approval.decision}")
+            key = _hash64(_APPROVAL_KEY + approval.node_id)
+            entries.append(_Entry(key, version, _APPROVAL_RANK, approval))
+        return entries
+
+    def _bucket_count(self, entries: int) -> int:
+        params = self.params
+        wanted = max(1, math.ceil(entries / params.entries_per_bucket))
+        count = 1 << (wanted - 1).bit_length()
+        return max(params.min_buckets, min(params.max_buckets, count))
+
+    @staticmethod
+    def _by_bucket(entries: list[_Entry], count: int) -> dict[int, list[_Entry]]:
+        grouped: dict[int, list[_Entry]] = {}
+        for entry in entries:
+            grouped.setdefault(entry.key_hash % count, []).append(entry)
+        return grouped
+
+    @staticmethod
+    def _bucket_hashes(entries: list[_Entry], count: int) -> list[int]:
+        buckets = [0] * count
+        for entry in entries:
+            buckets[entry.key_hash % count] ^= entry.bucket_hash
+        return buckets
 
     def _push_pull_interval(self) -> float:
         """Scaled as memberlist does: past 32 members, longer intervals keep the per-node cost

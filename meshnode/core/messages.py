@@ -49,6 +49,7 @@ __all__ = [
     "Ping",
     "PingReq",
     "PushPull",
+    "Refresh",
     "Replicate",
     "ReplicateAck",
     "ReportAck",
@@ -122,7 +123,20 @@ class Approval(_Wire, frozen=True):
     by: str
 
 
-Update = Alive | Suspect | Dead | Left | Approval
+class Refresh(_Wire, frozen=True):
+    """A node's new load and nothing else, in place of an `Alive` with its whole
+    `MemberInfo`: a receiver whose copy of the node's advertisement, load aside, hashes to
+    `offer_hash` (`membership.offer_hash`) applies it as that `Alive` at `incarnation`; any
+    other receiver ignores it and is repaired by push-pull (its digest is then older)."""
+
+    node_id: str
+    incarnation: int
+    offer_hash: int
+    free: ResourceAmounts = ResourceAmounts()
+    running: int = 0
+
+
+Update = Alive | Suspect | Dead | Left | Approval | Refresh
 
 
 class Ping(_Wire, frozen=True):
@@ -146,10 +160,25 @@ class PingReq(_Wire, frozen=True):
 
 
 class PushPull(_Wire, frozen=True):
-    """Anti-entropy: my whole view; `reply` asks for the peer's in return."""
+    """Anti-entropy by digest, in up to four messages, each a `PushPull` (membership.py):
+    1. `buckets`: the sender's view hashed into buckets (4 bytes each, big-endian; an entry
+       falls in bucket `key hash % count`). A peer whose buckets all match sends nothing.
+    2. `differ`: the buckets that differ (of `bucket_count`), with the sender's `digests`
+       there: (key hash, incarnation, rank); `updates`: its whole entries in buckets where
+       the other side had nothing.
+    3. `updates`: the entries the sender holds newer; `want`: key hashes it lacks or holds
+       older.
+    4. `updates`: the wanted entries.
+    `updates` are applied on receipt at every step. `reply` (first message) asked peers of
+    the full-view protocol for their view; a message with only `updates` needs no answer."""
 
     updates: tuple[Update, ...]
     reply: bool = False
+    buckets: bytes = b""
+    bucket_count: int = 0
+    differ: tuple[int, ...] = ()
+    digests: tuple[tuple[int, int, int], ...] = ()
+    want: tuple[int, ...] = ()
 
 
 class Announce(_Wire, frozen=True):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+from msgspec.structs import replace
+
 from meshnode.core.commands import Publish, Send
 from meshnode.core.election import rank, replica_set
 from meshnode.core.membership import Membership, MembershipParams, MemberState
@@ -17,9 +19,11 @@ from meshnode.core.messages import (
     Ping,
     PingReq,
     PushPull,
+    Refresh,
     Suspect,
 )
 from meshnode.core.records import NodeInfo
+from meshnode.core.resources import ResourceAmounts
 
 PARAMS = MembershipParams(probe_interval_s=1.0, probe_timeout_s=0.4, min_suspicion_s=3.0)
 
@@ -242,3 +246,166 @@ def test_rendezvous_ranking_is_stable_and_moves_only_what_ranked_a_removed_node_
     assert moved and all(before[job] == "n3" for job in moved)
     assert replica_set("j-1", nodes, 3) == rank("j-1", nodes)[:3]
     assert len(set(before.values())) > 15  # jobs spread over the nodes
+
+
+# --- push-pull by digest ----------------------------------------------------------------------
+
+
+def _alone(node_id: str, *known: str) -> Membership:
+    """A membership that knows `known` (alive, incarnation 0), and nothing pending to send."""
+    node = Membership(node_id, info(node_id), rng=random.Random(7), now=0.0, params=PARAMS)
+    updates = tuple(Alive(node_id=k, incarnation=0, info=info(k)) for k in known)
+    node.on_message("x", PushPull(updates=updates), 0.0)
+    node.take_outputs()
+    return node
+
+
+def _exchange(a: Membership, b: Membership, now: float = 1.0) -> list[PushPull]:
+    """`a` starts a push-pull with `b`; deliver until quiet; every PushPull sent, in order."""
+    names = {a.self_id: a, b.self_id: b}
+    a._push_pull(b.self_id, reply=True)
+    sent: list[PushPull] = []
+    for _ in range(20):
+        moved = False
+        for sender in (a, b):
+            for command in sender.take_outputs()[0]:
+                if isinstance(command, Send) and isinstance(command.message, PushPull):
+                    sent.append(command.message)
+                    names[command.to].on_message(sender.self_id, command.message, now)
+                    moved = True
+        if not moved:
+            return sent
+    raise AssertionError("the exchange did not end")
+
+
+def _view(node: Membership) -> dict[str, tuple[int, MemberState]]:
+    view = {m.id: (m.incarnation, m.state) for m in node.members.values()}
+    view[node.self_id] = (node.incarnation, MemberState.ALIVE)
+    return view
+
+
+def test_a_converged_push_pull_is_one_message_of_bucket_hashes_and_no_entries() -> None:
+    ids = [f"n{i}" for i in range(40)]
+    a, b = _alone("a", "b", *ids), _alone("b", "a", *ids)
+    sent = _exchange(a, b)
+    assert len(sent) == 1
+    assert sent[0].updates == ()
+    assert len(sent[0].buckets) == 4 * 16  # 42 entries: 16 buckets of 4 bytes
+
+
+def test_push_pull_by_digest_fetches_only_the_entries_that_differ_both_ways() -> None:
+    ids = [f"n{i}" for i in range(40)]
+    a, b = _alone("a", "b", *ids), _alone("b", "a", *ids)
+    a.on_message("x", Announce(updates=(Suspect(node_id="n3", incarnation=0, by="x"),)), 0.5)
+    b.on_message("x", Announce(updates=(Alive(node_id="n7", incarnation=2, info=info("n7")),)), 0.5)
+    b.on_message(
+        "x", Announce(updates=(Alive(node_id="new", incarnation=0, info=info("new")),)), 0.5
+    )
+    a.take_outputs()
+    b.take_outputs()
+    sent = _exchange(a, b)
+    whole = [u for m in sent for u in m.updates]
+    assert sorted((type(u).__name__, u.node_id) for u in whole) == [
+        ("Alive", "n7"),
+        ("Alive", "new"),
+        ("Suspect", "n3"),
+    ]
+    assert _view(a) == _view(b)
+    assert len(sent) <= 4
+    assert _exchange(a, b)[0].updates == () and len(_exchange(b, a)) == 1  # converged now
+
+
+def test_a_joining_node_gets_the_whole_view_and_gives_its_own() -> None:
+    ids = [f"n{i}" for i in range(30)]
+    seed = _alone("s", *ids)
+    joiner = Membership("j", info("j"), rng=random.Random(3), now=0.0, params=PARAMS)
+    joiner.take_outputs()
+    _exchange(joiner, seed)
+    assert _view(joiner) == _view(seed)
+    assert seed.info_of("j") == info("j")
+    assert joiner.info_of("n5") == info("n5")
+
+
+def test_push_pull_tells_a_node_believed_dead_which_refutes_and_both_converge() -> None:
+    a, b = _alone("a", "b", "c"), _alone("b", "a", "c")
+    a.on_message("x", Announce(updates=(Dead(node_id="b", incarnation=0, by="x"),)), 0.5)
+    b.on_message("x", Announce(updates=(Dead(node_id="a", incarnation=0, by="x"),)), 0.5)
+    a.take_outputs()
+    b.take_outputs()
+    _exchange(a, b)
+    assert a.incarnation == 1 and b.incarnation == 1
+    assert a.member("b").state is MemberState.ALIVE  # type: ignore[union-attr]
+    assert b.member("a").state is MemberState.ALIVE  # type: ignore[union-attr]
+    assert _view(a) == _view(b)
+
+
+def test_push_pull_converges_approvals() -> None:
+    a, b = _alone("a", "b", "c"), _alone("b", "a", "c")
+    a.decide_approval("c", "approved", 1.0)
+    b.decide_approval("c", "rejected", 2.0)
+    a.take_outputs()
+    b.take_outputs()
+    _exchange(a, b)
+    assert a.approval_of("c") == b.approval_of("c") == "rejected"
+    assert len(_exchange(a, b)) == 1
+
+
+def test_random_push_pulls_converge_a_mesh_of_diverged_views() -> None:
+    rng = random.Random(11)
+    ids = [f"n{i}" for i in range(60)]
+    nodes = {
+        i: Membership(i, info(i), rng=random.Random(n), now=0.0, params=PARAMS)
+        for n, i in enumerate(ids[:8])
+    }
+    for node in nodes.values():  # each knows a random part of the mesh, some of it stale
+        known = rng.sample(ids, 30)
+        updates = [Alive(node_id=k, incarnation=rng.randint(0, 3), info=info(k)) for k in known]
+        node.on_message("x", PushPull(updates=tuple(updates)), 0.0)
+        node.take_outputs()
+    order = sorted(nodes)
+    for _ in range(3):
+        for i, left in enumerate(order):
+            _exchange(nodes[left], nodes[order[(i + 1) % len(order)]])
+    views = [_view(node) for node in nodes.values()]
+    assert all(view == views[0] for view in views)
+
+
+def test_a_load_change_travels_as_a_refresh_and_is_applied_where_the_offer_matches() -> None:
+    a, b = _alone("a", "b"), _alone("b", "a")
+    loaded = a.replace_info(free=ResourceAmounts(cpu_millicores=500), running=2)
+    a.update_self(loaded, 1.0, announce=False)
+    a.on_message("b", Ping(seq=1), 1.0)
+    (ack,) = [c.message for c in a.take_outputs()[0] if isinstance(c, Send)]
+    assert isinstance(ack, Ack)
+    (refresh,) = [u for u in ack.updates if u.node_id == "a"]
+    assert isinstance(refresh, Refresh)
+    b.on_message("a", ack, 1.1)
+    assert b.info_of("a") == loaded
+    assert b.member("a").incarnation == 1  # type: ignore[union-attr]
+    # A copy of another advertisement (new labels it missed) ignores it; push-pull repairs.
+    c = _alone("c")
+    relabeled = replace(info("a"), addrs=("/ip4/10.0.0.1/tcp/1",))
+    c.on_message("x", PushPull(updates=(Alive(node_id="a", incarnation=0, info=relabeled),)), 0.0)
+    c.on_message("a", ack, 1.1)
+    assert c.info_of("a") == relabeled
+    assert c.stats["refreshes_ignored"] == 1
+    _exchange(c, a)
+    assert c.info_of("a") == loaded
+
+
+def test_a_label_change_still_travels_whole() -> None:
+    a = _alone("a", "b")
+    a.update_self(replace(info("a"), roles=("compute",)), 1.0, announce=False)
+    a.on_message("b", Ping(seq=1), 1.0)
+    (ack,) = [c.message for c in a.take_outputs()[0] if isinstance(c, Send)]
+    assert isinstance(ack, Ack)
+    (update,) = [u for u in ack.updates if u.node_id == "a"]
+    assert isinstance(update, Alive)
+
+
+def test_malformed_digests_are_ignored() -> None:
+    a = _alone("a", "b")
+    a.on_message("b", PushPull(updates=(), buckets=b"\x01\x02\x03"), 1.0)
+    a.on_message("b", PushPull(updates=(), bucket_count=-1, differ=(5,), digests=((1, 2, 3),)), 1.0)
+    a.on_message("b", PushPull(updates=(), want=(123456789,)), 1.0)
+    assert [c for c in a.take_outputs()[0] if isinstance(c, Send)] == []
