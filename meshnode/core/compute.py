@@ -105,7 +105,9 @@ class ComputeSide:
         self._unknown: dict[str, int] = {}
         self._attempts: dict[str, int] = {}  # unacknowledged report sends per run
         self._recovered = False
-        self._ended_ids: OrderedDict[str, None] = OrderedDict()
+        # Runs whose end was acknowledged, kept (without their job) to answer an `Adopt` from
+        # a requester that never heard the end (the node was cut off from it), bounded.
+        self._ended_ids: OrderedDict[str, LocalRun | None] = OrderedDict()
         self.stats: dict[str, int] = {"bids_accepted": 0, "bids_rejected": 0, "fenced": 0}
 
     # --- views --------------------------------------------------------------------------------
@@ -304,6 +306,18 @@ class ComputeSide:
                 self._attempts.pop(run.id, None)  # reports go to the adopter first
                 self._report(adopted, now, fx)
                 known.append(run.id)
+        for ended in list(self._ended_ids.values()):
+            if ended is None or ended.job_id != message.job_id or ended.id in self.runs:
+                continue
+            # Its end was acknowledged to another requester (this node was cut off from the
+            # adopter): tell the adopter too, so nothing it did is lost.
+            report = ExecutionReport(
+                job_id=ended.job_id, execution_id=ended.id, seq=ended.report_seq,
+                term=message.term, phase="ended", started_at=ended.started_at,
+                ended_at=ended.ended_at, exit_code=ended.exit_code, error=ended.error,
+            )  # fmt: skip
+            fx.send(sender, report, self._addrs(sender))
+            known.append(ended.id)
         reply = AdoptReply(job_id=message.job_id, term=message.term, known=tuple(sorted(known)))
         fx.send(sender, reply, self._addrs(sender))
 
@@ -324,7 +338,7 @@ class ComputeSide:
                     fx.delete_run(run.id)
                     del self.runs[run.id]
                     self._attempts.pop(run.id, None)
-                    self._remember_ended(run.id)
+                    self._remember_ended(run.id, run)
                 else:
                     self._stop(run.id, "its job is unknown to the mesh", now, fx)
             return
@@ -339,7 +353,7 @@ class ComputeSide:
             del self.runs[run.id]
             self._sent_at.pop(run.id, None)
             fx.delete_run(run.id)
-            self._remember_ended(run.id)
+            self._remember_ended(run.id, run)
 
     # --- the engine's reports -----------------------------------------------------------------
 
@@ -415,8 +429,8 @@ class ComputeSide:
             self._put(replace(run, stop_reason=reason), fx)
             fx.do(StopExecution(execution_id, reason))
 
-    def _remember_ended(self, execution_id: str) -> None:
-        self._ended_ids[execution_id] = None
+    def _remember_ended(self, execution_id: str, run: LocalRun | None = None) -> None:
+        self._ended_ids[execution_id] = replace(run, job=b"") if run is not None else None
         while len(self._ended_ids) > self.params.ended_memory:
             self._ended_ids.popitem(last=False)
 

@@ -10,6 +10,7 @@ Defaults (and the Meta keys that override them for one job):
 | first daemon/service restart delay, doubling | 1 s | `meshnode.io/restart-backoff` |
 | longest restart delay | 300 s | `meshnode.io/restart-backoff-max` |
 | a run this long resets the restart delay | 60 s | `meshnode.io/restart-stable-after` |
+| wait for an unreachable node running a batch job | 300 s | `meshnode.io/lost-node-grace` |
 
 Durations in Meta are seconds (`"2.5"`) or Go-style (`"500ms"`, `"2m"`, `"1h"`).
 """
@@ -36,6 +37,9 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     restart_stable_after_s: float = 60.0
     # Used when a job's QueueTimeout is 0.
     default_queue_timeout_s: float = 0.0
+    # An edge node cut off may still finish its batch run and report it when it is back:
+    # when no other node can take the work, the job waits this long before failing.
+    lost_node_grace_s: float = 300.0
 
     def retry_delay_s(self, failures: int) -> float:
         """Delay before the retry that follows `failures` failed executions (≥ 1)."""
@@ -59,6 +63,7 @@ META_KEYS: Final = {
     "meshnode.io/restart-backoff": "restart_backoff_s",
     "meshnode.io/restart-backoff-max": "restart_backoff_max_s",
     "meshnode.io/restart-stable-after": "restart_stable_after_s",
+    "meshnode.io/lost-node-grace": "lost_node_grace_s",
 }
 _DURATION: Final = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<unit>ms|s|m|h)?")
 _UNIT_S: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}

@@ -91,6 +91,7 @@ class RequesterParams:
     # How long a node that rejected a bid is passed over for this job.
     rejection_cooldown_s: float = 5.0
     finished_memory: int = 10_000  # ended job ids remembered to answer late reports
+    finished_records_memory: int = 1_000  # ... and the final records of the newest of them
     require_approval: bool = False
 
 
@@ -224,6 +225,10 @@ class RequesterSide:
             )
         self._finished: OrderedDict[str, str] = OrderedDict()
         self._to_persist: dict[str, JobRecord] = {}
+        # The last records of recently ended jobs, to hand to a side that missed the end.
+        self._final_records: OrderedDict[str, tuple[JobRecord, tuple[ExecutionRecord, ...]]] = (
+            OrderedDict()
+        )
         self._now = 0.0  # the time of the step being handled
         self._submits: dict[str, _PendingSubmit] = {}
         self._stops: dict[str, _PendingStop] = {}
@@ -489,7 +494,8 @@ class RequesterSide:
         if held is None and message.job_id in self._finished:
             # The job ended here while the sender was cut off: an ended job never comes back
             # (whatever the terms say, they grew independently on both sides of a partition).
-            self._tell_ended(sender, message.job_id, message.term, message.seq, fx)
+            live = not decode_job_record(message.job).state.terminal if message.job else False
+            self._tell_ended(sender, message.job_id, message.term, message.seq, fx, records=live)
             return
         if held is not None and held.term > message.term:
             self.stats["stale_term"] += 1
@@ -508,6 +514,7 @@ class RequesterSide:
         if held is None:
             held = _Held(job=job, executions={}, role="replica", term=message.term, primary=sender)
             self.held[job.id] = held
+            fx.jobs[job.id] = job  # a new copy: `_merge` writes only newer records
         elif held.role != "replica":
             held.role = "replica"  # a higher (or equal, newer) term is primary now
         held.term, held.primary = message.term, sender
@@ -563,6 +570,20 @@ class RequesterSide:
             held.job = job
             fx.jobs[job.id] = job
         merged = merge_records(held.executions, executions)
+        for execution_id, record in merged.items():
+            ours = held.executions.get(execution_id)
+            if (
+                ours is not None
+                and ours is not record
+                and ours.lost_at is not None
+                and record.state.terminal
+            ):
+                # What it did while this side could not reach it: kept, and said so.
+                text = (
+                    f"node {record.node_id} is reachable again; its outcome reached requester "
+                    f"{job.requester or 'another node'}: {record.state.display_name}"
+                )
+                self._note(held, record, text, record.revision, self._now, fx)
         for execution_id, record in merged.items():
             if held.executions.get(execution_id) is not record:
                 fx.executions[execution_id] = record
@@ -708,11 +729,15 @@ class RequesterSide:
         job = decode_job_record(message.job)
         held = self.held.get(job.id)
         if held is None and job.id in self._finished:
-            self._tell_ended(sender, job.id, message.term, 0, fx)  # see _on_replicate
+            if job.state.terminal:  # both ended: nothing to tell (and no echo back)
+                fx.send(sender, HandoverAck(job_id=job.id, term=message.term), self._addrs(sender))
+                return
+            self._tell_ended(sender, job.id, message.term, 0, fx, records=True)  # as _on_replicate
             return
         if held is None:
             held = _Held(job=job, executions={}, role="replica", term=message.term, primary=sender)
             self.held[job.id] = held
+            fx.jobs[job.id] = job  # a new copy: `_merge` writes only newer records
         held.term = max(held.term, message.term)
         self._merge(held, job, message.executions, fx)
         fx.send(sender, HandoverAck(job_id=job.id, term=held.term), self._addrs(sender))
@@ -723,7 +748,10 @@ class RequesterSide:
             if (to, answer.request_id) not in waiting:
                 held.gated.append((held.seq + 1, to, answer))
                 held.changed = held.changed or held.role == "primary"
-        if held.role == "primary":
+        if held.role == "primary" and held.job.state.terminal:
+            # The records said it ended: replicate the end; evaluation stops what still runs.
+            held.changed = held.dirty = True
+        elif held.role == "primary":
             held.term += 1  # outrank the records just merged
             self._changed_job(held, replace(held.job, term=held.term))
             # The merged executions reported to the other primary: ask their nodes.
@@ -744,7 +772,21 @@ class RequesterSide:
         if self.self_id not in ranking[: self.params.replicas]:
             del self.held[held.job.id]  # no longer a holder: the store keeps a copy
 
-    def _tell_ended(self, to: str, job_id: str, term: int, seq: int, fx: Effects) -> None:
+    def _tell_ended(
+        self, to: str, job_id: str, term: int, seq: int, fx: Effects, *, records: bool
+    ) -> None:
+        """`records`: the other side still sees the job live, so it gets the final records
+        too (never to a side that ended it as well: that would echo forever)."""
+        final = self._final_records.get(job_id) if records else None
+        if final is not None:
+            # The final records first (same stream, so they arrive first): the other side
+            # merges what really happened (a run completed while it could not see it)
+            # instead of ending the job on a guess.
+            job, executions = final
+            handover = Handover(
+                job_id=job_id, term=job.term, job=encode_job_record(job), executions=executions
+            )
+            fx.send(to, handover, self._addrs(to))
         ended = self._finished[job_id]
         refusal = ReplicateAck(job_id=job_id, term=term, seq=seq, ok=False, ended=ended)
         fx.send(to, refusal, self._addrs(to))
@@ -763,7 +805,7 @@ class RequesterSide:
             updated = self._update_job(held, now, state=state, message=why)
             self._history(held, fx, now, "", "job", previous, ended, why, updated.revision)
             del self.held[held.job.id]
-            self._remember_finished(held.job.id, ended)
+            self._remember_finished(held.job.id, ended, held)
             return
         if held.role == "taking_over":
             self._become_primary(held, now, fx)
@@ -1390,9 +1432,13 @@ class RequesterSide:
         if held.role == "primary" and (held.gated or held.committed_seq < held.seq):
             return
         del self.held[held.job.id]
-        self._remember_finished(held.job.id, held.job.state.value)
+        self._remember_finished(held.job.id, held.job.state.value, held)
 
-    def _remember_finished(self, job_id: str, state: str) -> None:
+    def _remember_finished(self, job_id: str, state: str, held: _Held | None = None) -> None:
         self._finished[job_id] = state
+        if held is not None:
+            self._final_records[job_id] = (held.job, tuple(held.executions.values()))
+            while len(self._final_records) > self.params.finished_records_memory:
+                self._final_records.popitem(last=False)
         while len(self._finished) > self.params.finished_memory:
             self._finished.popitem(last=False)

@@ -265,7 +265,9 @@ def _place_on_distinct_nodes(
     """Place up to `needed` executions on suitable nodes that hold none of this job's live or
     completed executions; nodes where it failed before come last."""
     executions = context.executions
-    taken = {e.node_id for e in executions if e.counted or e.state is ExecutionState.COMPLETED}
+    # A node with a lost execution of this job is not given another: if it is reachable
+    # again it is being asked about the first (`Adopt`), which may still complete.
+    taken = {e.node_id for e in executions if e.active or e.state is ExecutionState.COMPLETED}
     failed_on = {e.node_id for e in executions if e.state is ExecutionState.FAILED}
     candidates = sorted(
         (node for node in context.suitable if node not in taken and node not in context.declined),
@@ -296,6 +298,21 @@ def _place_on_distinct_nodes(
             queued_at=None,
             wake_at=context.cooldown_until,
         )
+    lost = [e for e in context.active if e.lost_at is not None]
+    if lost:
+        # Its node is unreachable, not known to have failed: an edge node cut off keeps
+        # running and reports when it is back. Wait for it (or for another node).
+        back_by = min(e.lost_at or context.now for e in lost) + context.policy.lost_node_grace_s
+        if context.now < back_by:
+            nodes = ", ".join(sorted({e.node_id for e in lost}))
+            return Plan(
+                create=create,
+                event=_run_event(context, running) if running else None,
+                message=message + f"; waiting up to {back_by - context.now:.0f} s for "
+                f"unreachable node {nodes} to come back",
+                queued_at=queued_at,
+                wake_at=back_by,
+            )
     if queue_timeout <= 0 or context.now >= queued_at + queue_timeout:
         waited = (
             " (QueueTimeout is 0: no waiting)"

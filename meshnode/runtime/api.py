@@ -899,11 +899,20 @@ class _Api:
 
     def _own_state(self, now_s: float) -> wire.NodeState:
         info = self._service.node_info
-        _, executions = self._service.store.live_state()
-        running = [e for e in executions if e.running]
-        waiting = [
-            e for e in executions if e.state is ExecutionState.BID_ACCEPTED and e.started_at is None
-        ]
+        if isinstance(self._service, MeshService):
+            # What runs here is the compute side's account (the store holds the records of
+            # jobs this node is requester for, which may run anywhere).
+            runs = self._service.core.runs
+            running = [r.execution for r in runs if r.phase == "running"]
+            waiting = [r.execution for r in runs if r.phase == "queued"]
+        else:
+            _, executions = self._service.store.live_state()
+            running = [e for e in executions if e.running]
+            waiting = [
+                e
+                for e in executions
+                if e.state is ExecutionState.BID_ACCEPTED and e.started_at is None
+            ]
         if isinstance(self._service, _ReportsUsage):
             used = self._service.used_resources()
         else:
