@@ -1,0 +1,1 @@
+"""Content-addressed storage: IPFS-compatible chunking and block layout."""
