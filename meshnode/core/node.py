@@ -61,6 +61,7 @@ from meshnode.core.requester import RequesterParams, RequesterSide
 from meshnode.core.resources import DEFAULT_REQUEST, ResourceAmounts
 from meshnode.core.states import JobState
 from meshnode.errors import RemoteProtocolError
+from meshnode.spec import Job
 
 __all__ = [
     "STOPPED_BY_USER",
@@ -106,7 +107,7 @@ _NODE_GONE: Final = frozenset({"dead", "left"})
 @dataclass(frozen=True, slots=True)
 class SubmitJob:
     request_id: str
-    spec: object  # meshnode.spec.Job (kept loose here to avoid a cycle in type checkers)
+    spec: Job
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,7 +349,7 @@ class NodeCore:
         fx = Effects(self._node.id)
         match event:
             case SubmitJob():
-                self.requester.submit(event.request_id, event.spec, now, fx)  # type: ignore[arg-type]
+                self.requester.submit(event.request_id, event.spec, now, fx)
             case StopJob():
                 self.requester.stop(event.request_id, event.job_id, event.reason, now, fx)
             case ExecutionEnded():

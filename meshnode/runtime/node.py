@@ -210,7 +210,7 @@ class Node:
         try:
             job = self._store.job(job_id)
         except NotFoundError:
-            if not job_id.startswith("j-") or len(job_id) < 38:
+            if not _is_full_job_id(job_id):
                 raise
         else:
             held = self._core.job(job.id)
@@ -282,8 +282,7 @@ class Node:
         try:
             job = self._store.job(job_ref)
         except MeshnodeError:
-            full = job_ref.startswith("j-") and len(job_ref) >= 38
-            primary = self._core.primary_of(job_ref) if full else None
+            primary = self._core.primary_of(job_ref) if _is_full_job_id(job_ref) else None
             if primary and primary != self._core.node_id:
                 return RouteDecision(peer=primary)
             return RouteDecision(search=True)
@@ -581,6 +580,12 @@ async def node_info_for(
         allowed_local_paths=config.allowed_local_paths,
         unavailable=unavailable,
     )
+
+
+def _is_full_job_id(text: str) -> bool:
+    """A whole job id (`j-` + a UUID), not a prefix: only a whole id can be ranked to its
+    requester without asking anyone."""
+    return text.startswith("j-") and len(text) == len("j-") + 36
 
 
 def _limit(detected: int, limit: int | None) -> int:

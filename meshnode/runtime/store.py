@@ -68,13 +68,6 @@ CREATE INDEX IF NOT EXISTS history_by_job ON history (job_id, seq);
 """
 
 
-class _JobRecordDecoder:
-    """Jobs are stored as the core encodes them for the wire; one reader for both."""
-
-    def decode(self, data: bytes) -> JobRecord:
-        return decode_job_record(data)
-
-
 class NotFoundError(MeshnodeError):
     """No job (or execution) has that id."""
 
@@ -95,7 +88,6 @@ class Store:
             (str(SCHEMA_VERSION),),
         )
         self._job_encoder = msgspec.msgpack.Encoder()
-        self._job_decoder = _JobRecordDecoder()
         self._execution_decoder = msgspec.msgpack.Decoder(ExecutionRecord)
         self._history_decoder = msgspec.msgpack.Decoder(HistoryEvent)
         self._run_decoder = msgspec.msgpack.Decoder(LocalRun)
@@ -162,7 +154,7 @@ class Store:
     def live_state(self) -> tuple[list[JobRecord], list[ExecutionRecord]]:
         """Jobs that are not terminal, and their executions: what the core restarts with."""
         jobs = [
-            self._job_decoder.decode(row[0])
+            decode_job_record(row[0])
             for row in self._db.execute("SELECT record FROM jobs WHERE terminal = 0")
         ]
         ids = [job.id for job in jobs]
@@ -197,7 +189,7 @@ class Store:
             "SELECT record FROM jobs WHERE id = ?", (job_id_or_prefix,)
         ).fetchone()
         if row is not None:
-            return self._job_decoder.decode(row[0])
+            return decode_job_record(row[0])
         prefix = job_id_or_prefix if job_id_or_prefix.startswith("j-") else "j-" + job_id_or_prefix
         rows = self._db.execute(
             "SELECT id, record FROM jobs WHERE id >= ? AND id < ? ORDER BY id LIMIT 6",
@@ -211,7 +203,7 @@ class Store:
                 f"job id {job_id_or_prefix!r} is ambiguous: it starts {shown}"
                 + (", …" if len(rows) > 5 else "")
             )
-        return self._job_decoder.decode(rows[0][1])
+        return decode_job_record(rows[0][1])
 
     def jobs_page(
         self, *, after: tuple[float, str] | None, limit: int, newest_first: bool
@@ -230,7 +222,7 @@ class Store:
                 f" ORDER BY created_at {order}, id {order} LIMIT ?",
                 (after[0], after[1], limit),
             )
-        return [self._job_decoder.decode(row[0]) for row in rows]
+        return [decode_job_record(row[0]) for row in rows]
 
     def executions_of(self, job_id: str) -> list[ExecutionRecord]:
         return [

@@ -12,11 +12,12 @@ import os
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import msgspec
 import trio
 
-sys.path.insert(0, os.fspath(__import__("pathlib").Path(__file__).resolve().parents[2]))
+sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[2]))  # the repo: tests.*
 
 from meshnode.core.messages import Announce, ExecutionReport, Replicate, encode
 from meshnode.runtime.transport import MeshTransport, TransportConfig
